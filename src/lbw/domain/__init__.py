@@ -1,0 +1,1 @@
+"""Block layouts, weight vectors, presets, the sheet and training arguments (standard library only)."""

@@ -1,0 +1,1 @@
+"""LoRA files: lazy safetensors reading, naming families, modules, metadata, hashes, atomic writes."""

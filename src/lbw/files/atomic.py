@@ -1,0 +1,64 @@
+"""Atomic writes: every file lbw writes goes through here (temp file, fsync, rename).
+
+A crash or Ctrl-C mid-write leaves the destination untouched and no partial file behind.
+
+Example:
+    >>> with atomic_path("out.safetensors") as tmp:
+    ...     save_file(tensors, tmp)           # write anything to tmp
+    >>> write_text_atomic("sheet.toml", text)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from lbw.errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success fsync it and rename it over ``dest``.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and ``dest`` is unchanged.
+    """
+    dest = Path(dest)
+    directory = dest.parent if str(dest.parent) else Path(".")
+    if not directory.is_dir():
+        raise OutputError(f"folder {directory} does not exist", where=str(dest))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes_atomic(dest: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``dest`` atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(dest: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``dest`` atomically (newlines kept as given)."""
+    write_bytes_atomic(dest, text.encode("utf-8"))
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
