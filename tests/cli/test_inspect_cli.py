@@ -1,0 +1,92 @@
+"""`lbw inspect`: tables, --json, comparing two files, refusals, light imports."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lbw.files.fixtures import write_fixture
+from lbw.interfaces.cli.app import run
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("inspect_cli")
+
+
+@pytest.fixture(scope="module")
+def sd15(folder: Path) -> Path:
+    return write_fixture("sd15", folder / "style.safetensors", rank=4, alpha=2, seed=11)
+
+
+def test_table_output(sd15: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["inspect", str(sd15), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == str(sd15)
+    assert lines[1].startswith("architecture   sd1  (cross-attention context width 768)")
+    assert "naming         kohya" in lines
+    assert "adapter types  lora" in lines
+    assert "layout         SD17 (17 values); Inspire vector: 17 values" in lines
+    assert "modules        264 (0 unmapped)" in lines
+    assert "tensors        792 (F16 x792); 2,359,560 parameters" in lines
+    block_rows = [line for line in lines if line.startswith(("BASE ", "IN01 ", "OUT11 "))]
+    assert [row.split()[:2] for row in block_rows] == [["BASE", "72"], ["IN01", "12"], ["OUT11", "12"]]
+    assert "█" in block_rows[0]
+    assert "training (ss_*)" in out and "  ss_network_dim = 4" in out
+    assert "sshs_model_hash: stored " in out and "matches the file" in out
+
+
+def test_json_output(sd15: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["inspect", str(sd15), "--json", "--device", "cpu"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["architecture"], data["naming"], data["layout"], data["modules"], data["tensors"]) == (
+        "sd1", "kohya", "SD17", 264, 792)
+    assert list(data["blocks"])[:3] == ["BASE", "IN01", "IN02"]
+    assert data["blocks"]["IN01"]["modules"] == 12
+    assert data["blocks"]["IN01"]["params"] == 4 * 11_776 + 12
+    assert data["blocks"]["IN01"]["norm"] > 0
+    assert data["hashes"]["stored"] == data["hashes"]["computed"]
+    assert data["hashes"]["legacy_stored"] == data["hashes"]["legacy_computed"]
+    assert data["unmapped_modules"] == []
+    assert data["metadata"]["modelspec"]["modelspec.architecture"] == "stable-diffusion-v1/lora"
+
+
+def test_compare_two_files(folder: Path, sd15: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    louder = write_fixture("sd15", folder / "louder.safetensors", rank=4, alpha=2, seed=11, alphas={"mid_block": 4})
+    assert run(["inspect", str(sd15), str(louder), "--json", "--no-hash"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["blocks"]["M00"]["ratio"] == pytest.approx(2.0, rel=1e-6)
+    assert data["blocks"]["BASE"]["ratio"] == pytest.approx(1.0, rel=1e-12)
+    assert run(["inspect", str(sd15), str(louder), "--no-hash"]) == 0
+    out = capsys.readouterr().out
+    m00 = next(line for line in out.splitlines() if line.startswith("M00 "))
+    assert m00.split()[1:3] == ["12", "12"] and m00.split()[5] == "2.000"
+
+
+def test_malformed_file_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(struct.pack("<Q", 4096) + b"{}")
+    assert run(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"lbw: error: {path}: header length 4096 bytes runs past the end of the file (10 bytes); "
+                   "truncated or not a safetensors file\n")
+
+
+def test_pickle_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "old.ckpt"
+    path.write_bytes(b"\x80\x02")
+    assert run(["inspect", str(path)]) == 2
+    assert "is a pickle checkpoint (.ckpt); lbw never unpickles" in capsys.readouterr().err
+
+
+def test_command_module_imports_no_torch() -> None:
+    code = ("import sys, typer; import lbw.interfaces.cli.inspect as m; m.register(typer.Typer()); "
+            "print(sorted(n for n in ('torch', 'safetensors', 'diffusers', 'transformers') if n in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
