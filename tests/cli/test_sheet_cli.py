@@ -177,7 +177,7 @@ def test_hints_list_and_side_by_side(tmp_path: Path, capsys) -> None:
 
 
 def test_demo_prints_the_gobuhime_outputs(capsys) -> None:
-    assert run(["demo"]) == 0
+    assert run(["demo", "--sheet"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert GOBUHIME in lines
     assert SUB_PROMPT_SR in lines
@@ -207,7 +207,7 @@ codes = [
     run(["sheet", "fix", sheet, "IN01=0"]),
     run(["sheet", "show", sheet]),
     run(["hints", "--show", "Face_c", "--sheet", sheet]),
-    run(["demo"]),
+    run(["demo", "--sheet"]),
 ]
 names = ("torch", "safetensors", "diffusers", "numpy", "transformers", "PIL")
 heavy = sorted(m for m in names if m in sys.modules)

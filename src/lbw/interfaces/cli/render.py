@@ -1,0 +1,379 @@
+"""``lbw plot`` and ``lbw eba``: render Sub/Add grids and the Effective Block Analyzer.
+
+Heavy imports (torch, diffusers, numpy, PIL) happen inside the command bodies only.
+
+Example:
+    $ lbw plot face.toml --list sub --lora face.safetensors --model ./model --prompt "1girl" -o out/sub
+    $ lbw plot out/sub/plan.json                      # re-run: only changed cells render
+    $ lbw eba face.safetensors --model ./model --prompt "1girl" --roi 0.25,0,0.75,0.5 -o out/eba
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from lbw.errors import RenderError
+
+if TYPE_CHECKING:
+    from lbw.render.plan import Plan, Settings
+
+_BACKEND_HELP = "diffusers (local checkpoint), a1111 (web UI/Forge --api), comfyui (Inspire pack)"
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        seeds = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise RenderError(f"--seeds {text!r}: expected integers separated by commas") from None
+    if not seeds:
+        raise RenderError("--seeds is empty")
+    return seeds
+
+
+def _axis(text: str | None) -> Any:
+    from lbw.render.plan import Axis
+
+    if text is None:
+        return None
+    kind, _, values = text.partition(":")
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if kind == "strength":
+        try:
+            return Axis("strength", tuple(float(v) for v in items))
+        except ValueError:
+            raise RenderError(f"--axis {text!r}: strengths must be numbers") from None
+    if kind == "checkpoint":
+        return Axis("checkpoint", tuple(str(Path(v).resolve()) if Path(v).exists() else v for v in items))
+    raise RenderError(f"--axis {text!r}: expected strength:V1,V2,... or checkpoint:A,B,...")
+
+
+def _settings(base: Settings | None, **given: Any) -> Settings:
+    """Plan settings: ``base`` (a loaded plan's, or the defaults) with every option given on the line."""
+    from dataclasses import replace
+
+    from lbw.render.plan import Settings
+
+    start = base or Settings()
+    changes = {key: value for key, value in given.items() if value is not None}
+    return replace(start, **changes)
+
+
+def _lora_specs(
+    paths: list[str], names: list[str], strength: float, te_strength: float | None
+) -> tuple[Any, ...]:
+    from lbw.render.plan import LoraSpec
+
+    if names and len(names) != len(paths):
+        raise RenderError(f"--lora-name given {len(names)} times for {len(paths)} --lora values")
+    specs = []
+    for index, value in enumerate(paths):
+        path = Path(value)
+        local = str(path.resolve()) if path.exists() else None
+        name = names[index] if names else path.stem if path.suffix else value
+        specs.append(
+            LoraSpec(
+                path=local,
+                name=name,
+                strength=strength if index == 0 else 1.0,
+                te_strength=te_strength if index == 0 else None,
+                tuned=index == 0,
+            )
+        )
+    return tuple(specs)
+
+
+def _backend(
+    name: str, device: str, batch_size: int, model_config: Path | None, url: str | None, threads: int | None
+) -> Any:
+    from lbw.services.plot import make_backend
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if name == "diffusers":
+        return make_backend(name, device=device, batch_size=batch_size, model_config=model_config)
+    if name in ("a1111", "comfyui"):
+        default = "http://127.0.0.1:7860" if name == "a1111" else "http://127.0.0.1:8188"
+        return make_backend(name, url=url or default)
+    return make_backend(name)
+
+
+class RenderProgress:
+    """A rich progress bar on stderr: one task for cells, one for the steps of the current cell."""
+
+    def __init__(self, total_label: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.cells = self.progress.add_task(total_label, total=None)
+        self.steps = self.progress.add_task("steps", total=100, visible=False)
+
+    def __enter__(self) -> RenderProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_cell(self, done: int, total: int, label: str, cached: bool) -> None:
+        state = "cached" if cached else "rendered"
+        self.progress.update(self.cells, completed=done, total=total, description=f"cells ({label} {state})")
+
+    def on_step(self, fraction: float, label: str) -> None:
+        self.progress.update(self.steps, completed=round(fraction * 100), visible=True, description=label)
+
+
+def print_plot(result: Any) -> None:
+    print(f"grid: {result.grids[0]}" if result.grids else "grid: (none)")
+    print(f"cells: {result.out_dir / 'cells'} ({result.rendered} rendered, {result.reused} from the cache)")
+    print(f"plan: {result.plan_path}")
+
+
+def print_eba(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Effective Block Analyzer (largest change first)")
+    table.add_column("#", justify="right")
+    table.add_column("block")
+    table.add_column("Diff %", justify="right")
+    if report.roi is not None:
+        table.add_column("region Diff %", justify="right")
+        table.add_column("share in region %", justify="right")
+    table.add_column("suggested")
+    for position, change in enumerate(report.ranked, 1):
+        row = [str(position), change.block, f"{change.diff_percent:.3f}"]
+        if report.roi is not None:
+            row += [f"{change.roi_diff_percent:.3f}", f"{change.roi_share_percent:.1f}"]
+        row.append(report.classes[change.block])
+        table.add_row(*row)
+    console = Console(soft_wrap=True)
+    console.print(table)
+    score = "region Diff %" if report.roi is not None else "Diff %"
+    print(f"classification ({score}): {report.thresholds.describe()}")
+    for seed in report.seeds:
+        print(f"grid: {seed.grid}")
+    print(f"suggested weights: {report.sheet.weight_line()}")
+    print(f"suggested sheet: {report.sheet_path}  (important = 1 fixed, unneeded = 0 fixed, unclear = 0.5)")
+    print(f"analysis: {report.report_path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``lbw plot`` and ``lbw eba`` to ``app``."""
+
+    @app.command("plot")
+    def plot_command(
+        source: Path = typer.Argument(
+            ..., help="Sheet (.toml), presets file (.txt), plan.json or a grid PNG."
+        ),
+        out: Path = typer.Option(Path("lbw-plot"), "--out", "-o", help="Output folder."),
+        backend: str = typer.Option("diffusers", "--backend", "-b", help=_BACKEND_HELP),
+        list_kind: str = typer.Option("sub", "--list", help="Sheet list: sub, add, subadd or addsub."),
+        names: str | None = typer.Option(
+            None, "--names", help="Presets to plot (comma-separated; default all)."
+        ),
+        lora: list[str] = typer.Option(
+            [], "--lora", help="LoRA file (or server-side name); the first is tuned."
+        ),
+        lora_name: list[str] = typer.Option([], "--lora-name", help="Name the web UI knows each --lora by."),
+        strength: float = typer.Option(1.0, "--strength", help="Strength of the tuned LoRA (UNet)."),
+        te_strength: float | None = typer.Option(None, "--te-strength", help="Text-encoder strength."),
+        model: str | None = typer.Option(
+            None, "--model", "-m", help="Checkpoint (diffusers folder/.safetensors)."
+        ),
+        model_config: Path | None = typer.Option(None, "--model-config", help="Configs for a single file."),
+        prompt: str | None = typer.Option(None, "--prompt", "-p"),
+        negative: str | None = typer.Option(None, "--negative", "-n"),
+        steps: int | None = typer.Option(None, "--steps"),
+        cfg: float | None = typer.Option(None, "--cfg"),
+        sampler: str | None = typer.Option(None, "--sampler", help="Web UI sampler name, e.g. 'DPM++ 2M'."),
+        schedule: str | None = typer.Option(None, "--schedule", help="Automatic, Normal or Karras."),
+        width: int | None = typer.Option(None, "--width"),
+        height: int | None = typer.Option(None, "--height"),
+        clip_skip: int | None = typer.Option(None, "--clip-skip", help="Web UI convention: 1 = last layer."),
+        seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds."),
+        axis: str | None = typer.Option(None, "--axis", help="strength:0.5,1 or checkpoint:A,B"),
+        cache: Path | None = typer.Option(None, "--cache", help="Cache folder (default OUT/cache)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (diffusers)."),
+        batch_size: int = typer.Option(4, "--batch-size", help="Seeds per batch (diffusers)."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
+        url: str | None = typer.Option(None, "--url", help="Server URL (a1111/comfyui)."),
+    ) -> None:
+        """Render a sheet's Sub/Add list, presets, or a saved plan as a labelled grid."""
+        from dataclasses import replace
+
+        from lbw.services.plot import load_plan_source, plan_from_presets, plan_from_sheet, plot, read_sheet
+
+        given = dict(
+            prompt=prompt,
+            negative_prompt=negative,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            scheduler=schedule,
+            width=width,
+            height=height,
+            clip_skip=clip_skip,
+            seeds=_seeds(seeds),
+        )
+        suffix = source.suffix.lower()
+        if suffix in (".json", ".png"):
+            plan: Plan = load_plan_source(source)
+            changes: dict[str, Any] = {"settings": _settings(plan.settings, **given)}
+            if lora:
+                changes["loras"] = _lora_specs(lora, lora_name, strength, te_strength)
+            if model:
+                changes["model"] = _model(model)
+            if axis:
+                changes["axis"] = _axis(axis)
+            plan = replace(plan, **changes)
+        else:
+            if not lora:
+                raise RenderError("--lora is required (the LoRA the weights apply to)")
+            common = dict(
+                settings=_settings(None, **given),
+                loras=_lora_specs(lora, lora_name, strength, te_strength),
+                model=_model(model),
+                axis=_axis(axis),
+            )
+            if suffix == ".toml":
+                plan = plan_from_sheet(read_sheet(source), list_kind, **common)
+            else:
+                text = _read(source)
+                wanted = [n.strip() for n in names.split(",") if n.strip()] if names else []
+                plan = plan_from_presets(text, wanted, where=str(source), name=source.stem, **common)
+        engine = _backend(backend, device, batch_size, model_config, url, threads)
+        with RenderProgress("cells") as progress:
+            result = plot(
+                plan, engine, out, cache_dir=cache, on_cell=progress.on_cell, on_step=progress.on_step
+            )
+        print_plot(result)
+
+    @app.command("eba")
+    def eba_command(
+        lora: str = typer.Argument(..., help="The LoRA file (or, for a1111/comfyui, its server-side name)."),
+        model: str | None = typer.Option(
+            None, "--model", "-m", help="Checkpoint (diffusers folder/.safetensors)."
+        ),
+        out: Path = typer.Option(Path("lbw-eba"), "--out", "-o", help="Output folder."),
+        backend: str = typer.Option("diffusers", "--backend", "-b", help=_BACKEND_HELP),
+        blocks: str = typer.Option(
+            "26ALL", "--blocks", help="Blocks to test: IDs, ranges, NOT, or 17ALL/26ALL."
+        ),
+        range_text: str = typer.Option("0.5,1", "--range", help="probe,base (LBW's Range)."),
+        threshold: int = typer.Option(20, "--threshold", help="Diff % counts |difference| > threshold."),
+        diff_color: str = typer.Option("black", "--diff-color", help="black or white diff background."),
+        roi: str | None = typer.Option(None, "--roi", help="Region x0,y0,x1,y1 (pixels or 0..1 fractions)."),
+        important: float = typer.Option(5.0, "--important", help="Diff % at or above: important."),
+        unneeded: float = typer.Option(1.0, "--unneeded", help="Diff % below: unneeded."),
+        transpose: bool = typer.Option(False, "--transpose", help="Blocks as columns (LBW's change X-Y)."),
+        lora_name: str | None = typer.Option(None, "--lora-name", help="Name the web UI knows the LoRA by."),
+        strength: float = typer.Option(1.0, "--strength"),
+        te_strength: float | None = typer.Option(None, "--te-strength"),
+        model_config: Path | None = typer.Option(None, "--model-config", help="Configs for a single file."),
+        prompt: str = typer.Option("", "--prompt", "-p"),
+        negative: str = typer.Option("", "--negative", "-n"),
+        steps: int = typer.Option(20, "--steps"),
+        cfg: float = typer.Option(7.0, "--cfg"),
+        sampler: str = typer.Option("Euler", "--sampler"),
+        schedule: str | None = typer.Option(None, "--schedule"),
+        width: int = typer.Option(512, "--width"),
+        height: int = typer.Option(512, "--height"),
+        clip_skip: int = typer.Option(1, "--clip-skip"),
+        seeds: str = typer.Option("1", "--seeds"),
+        cache: Path | None = typer.Option(None, "--cache"),
+        device: str = typer.Option("auto", "--device"),
+        batch_size: int = typer.Option(4, "--batch-size"),
+        threads: int | None = typer.Option(None, "--threads"),
+        url: str | None = typer.Option(None, "--url"),
+    ) -> None:
+        """Effective Block Analyzer: lower each block to the probe value, measure Diff %, rank, classify."""
+        from lbw.render.analysis import Thresholds
+        from lbw.render.blocks import parse_block_list
+        from lbw.render.plan import Settings
+        from lbw.services.analyze import eba_plan, run_eba
+
+        probe, base = _range(range_text)
+        settings = Settings(
+            prompt=prompt,
+            negative_prompt=negative,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            scheduler=schedule,
+            width=width,
+            height=height,
+            clip_skip=clip_skip,
+            seeds=_seeds(seeds) or (1,),
+        )
+        spec = _lora_specs([lora], [lora_name] if lora_name else [], strength, te_strength)[0]
+        if diff_color not in ("black", "white"):
+            raise RenderError(f"--diff-color must be black or white, got {diff_color!r}")
+        plan = eba_plan(
+            spec,
+            model=_model(model),
+            settings=settings,
+            blocks=parse_block_list(blocks),
+            probe=probe,
+            base=base,
+            threshold=threshold,
+            diff_color=diff_color,
+        )
+        engine = _backend(backend, device, batch_size, model_config, url, threads)
+        try:
+            with RenderProgress("cells") as progress:
+                report = run_eba(
+                    plan,
+                    engine,
+                    out,
+                    roi_text=roi,
+                    thresholds=Thresholds(important, unneeded),
+                    transpose=transpose,
+                    cache_dir=cache,
+                    on_cell=progress.on_cell,
+                    on_step=progress.on_step,
+                )
+        finally:
+            engine.close()
+        print_eba(report)
+
+
+def _model(value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = Path(value)
+    return str(path.resolve()) if path.exists() else value
+
+
+def _range(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        probe, base = (float(p) for p in parts)
+    except ValueError:
+        raise RenderError(f"--range {text!r}: expected two numbers probe,base (e.g. 0.5,1)") from None
+    return probe, base
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RenderError("file not found", where=str(path)) from None
+    except UnicodeDecodeError:
+        raise RenderError(
+            "not a UTF-8 text file (expected a sheet .toml, presets .txt or plan .json)", where=str(path)
+        ) from None

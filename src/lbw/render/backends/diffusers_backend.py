@@ -1,0 +1,352 @@
+"""The built-in ``diffusers`` backend: a local checkpoint, LoRAs read by lbw, block weights swapped in place.
+
+- The model is loaded once per plan (once per checkpoint on a checkpoint axis): a diffusers folder
+  (SD1.x/SD2.x ``StableDiffusionPipeline``, SDXL ``StableDiffusionXLPipeline``), or a single ``.safetensors``
+  file through ``from_single_file`` with a local diffusers folder for the configs (``model_config``; lbw never
+  downloads).
+- LoRAs are read with ``lbw.files.lora_file.LoraFile``; ΔW per module is computed once; per cell the touched
+  layers are set to W0 + Σ m·ρ·ΔW (``WeightPatcher``), only where the coefficients changed.
+- Prompt embeddings are cached per text-encoder state (text strength x ρ_BASE of each LoRA), so a plan whose
+  cells keep BASE fixed encodes the prompt once.
+- Jobs with the same weights are batched over seeds (``batch_size``); every image has its own CPU generator
+  seeded with its seed, so a cell looks the same whichever batch it was rendered in (up to float rounding).
+
+Example:
+    >>> backend = DiffusersBackend(device="auto")
+    >>> result = run_plan(plan, backend, "out")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from lbw.errors import LbwError, RenderError
+from lbw.render.backends.base import Hasher, StepCallback
+from lbw.render.plan import Job, Plan
+from lbw.render.samplers import diffusers_scheduler, resolve_sampler
+from lbw.render.weighting import LoraState, lora_states
+
+_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+_PICKLES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RenderError("--device cuda was asked for but torch sees no CUDA device")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise RenderError(f"unknown device {device!r}; expected auto, cpu or cuda")
+    return device
+
+
+def pipeline_class_name(model: Path, model_config: Path | None) -> str:
+    """The diffusers pipeline class a checkpoint needs, from ``model_index.json`` (model or config)."""
+    folder = model if model.is_dir() else model_config
+    if folder is None:
+        raise RenderError(
+            "a single-file checkpoint needs --model-config FOLDER (a local diffusers folder of the same "
+            "architecture, for the component configs); lbw never downloads",
+            where=str(model),
+        )
+    index = folder / "model_index.json"
+    try:
+        name = json.loads(index.read_text(encoding="utf-8"))["_class_name"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError) as error:
+        raise RenderError(
+            f"not a diffusers model folder (model_index.json: {error})", where=str(folder)
+        ) from None
+    if name not in _PIPELINES:
+        raise RenderError(
+            f"pipeline {name} is not supported; expected one of {', '.join(_PIPELINES)}", where=str(folder)
+        )
+    return str(name)
+
+
+def load_pipeline(
+    model: str | Path, *, device: str, dtype: Any, model_config: str | Path | None = None
+) -> Any:
+    """Load a diffusers folder or a single ``.safetensors`` checkpoint locally, on ``device`` in ``dtype``."""
+    import diffusers
+
+    from lbw.render.tiny import _quiet
+
+    _quiet()
+    path = Path(model)
+    if not path.exists():
+        raise RenderError("model not found", where=str(path))
+    if path.suffix.lower() in _PICKLES:
+        raise RenderError("pickled checkpoints are never loaded; convert it to .safetensors", where=str(path))
+    config = Path(model_config) if model_config is not None else None
+    pipeline_class = getattr(diffusers, pipeline_class_name(path, config))
+    extra: dict[str, Any] = {}
+    if pipeline_class.__name__ == "StableDiffusionPipeline":
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    else:  # SDXL: the web UIs do not watermark (diffusers would, when invisible-watermark is installed)
+        extra = {"add_watermarker": False}
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    try:
+        if path.is_dir():
+            pipe = pipeline_class.from_pretrained(str(path), local_files_only=True, dtype=dtype, **extra)
+        else:
+            pipe = pipeline_class.from_single_file(
+                str(path), config=str(config), local_files_only=True, dtype=dtype, **extra
+            )
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = "" if path.is_dir() else " (is --model-config a diffusers folder of the same architecture?)"
+        raise RenderError(f"cannot load the model: {first.rstrip(':')}{hint}", where=str(path)) from None
+    if not path.is_dir():
+        from lbw.render.backends.single_file import check_complete
+
+        check_complete(path, pipe)  # diffusers leaves parameters the file lacks at random values
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class DiffusersBackend:
+    """Render plans locally with diffusers (see the module docstring)."""
+
+    name = "diffusers"
+
+    def __init__(
+        self,
+        *,
+        device: str = "auto",
+        batch_size: int = 4,
+        model_config: str | Path | None = None,
+        dtype: str | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise RenderError(f"batch size must be >= 1, got {batch_size}")
+        self.device_option = device
+        self.batch_size = batch_size
+        self.model_config = model_config
+        self.dtype_option = dtype
+        self._loras: list[Any] = []
+        self._pipe: Any = None
+        self._pipe_model: str | None = None
+        self._patcher: Any = None
+        self._patcher_key: tuple[str, ...] = ()
+        self._scheduler_config: dict[str, Any] = {}
+        self._embeddings: dict[tuple[Any, ...], Any] = {}
+        self.loads = 0
+
+    # --- contract ----------------------------------------------------------------------------------------
+
+    def prepare(self, plan: Plan) -> None:
+        """Check that the model(s) and LoRA files exist and read the LoRA headers."""
+        from lbw.files.lora_file import LoraFile
+
+        for model in self._models(plan):
+            path = Path(model)
+            if not path.exists():
+                raise RenderError("model not found", where=model)
+            pipeline_class_name(path, Path(self.model_config) if self.model_config else None)
+        if not plan.loras:
+            raise RenderError("the diffusers backend needs at least one LoRA file in the plan")
+        self._loras = []
+        for spec in plan.loras:
+            if spec.path is None:
+                raise RenderError(f"LoRA {spec.name!r} has no local file; the diffusers backend reads files")
+            self._loras.append(LoraFile.open(spec.path))
+
+    def identity(self, plan: Plan, hasher: Hasher) -> dict[str, Any]:
+        """Model hash (or one per checkpoint on the axis) and LoRA file hashes."""
+        models = self._models(plan)
+        return {
+            "model": {m: hasher(Path(m)) for m in models},
+            "loras": [hasher(Path(spec.path)) for spec in plan.loras if spec.path],
+            "model_config": str(self.model_config) if self.model_config else None,
+        }
+
+    def job_identity(self, plan: Plan, job: Job) -> dict[str, Any]:
+        """Seed, checkpoint, and per LoRA the strengths and the ratios of the blocks it has modules in."""
+        states = lora_states(plan, job)
+        return {
+            "seed": job.seed,
+            "model": self._model_for(plan, job),
+            "loras": [
+                state.restricted(module.block for module in lora_file.modules)
+                for state, lora_file in zip(states, self._loras, strict=True)
+            ],
+        }
+
+    def render(
+        self, plan: Plan, jobs: Sequence[Job], on_step: StepCallback | None = None
+    ) -> Iterator[tuple[Job, Image.Image]]:
+        """Render ``jobs`` grouped by checkpoint, then by weights, in batches of seeds."""
+        by_model: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_model.setdefault(self._model_for(plan, job), []).append(job)
+        for model, model_jobs in by_model.items():
+            self._load(model)
+            groups: dict[str, list[Job]] = {}
+            for job in model_jobs:
+                weights = {k: v for k, v in self.job_identity(plan, job).items() if k != "seed"}
+                groups.setdefault(json.dumps(weights, sort_keys=True), []).append(job)
+            for group in groups.values():
+                states = lora_states(plan, group[0])
+                self._patcher.apply(states)
+                for start in range(0, len(group), self.batch_size):
+                    batch = group[start : start + self.batch_size]
+                    images = self._generate(
+                        plan, states, [job.seed for job in batch], batch[0].cell.label, on_step
+                    )
+                    yield from zip(batch, images, strict=True)
+
+    def close(self) -> None:
+        """Drop the pipeline and the LoRA views."""
+        self._pipe = None
+        self._patcher = None
+        self._embeddings.clear()
+        for lora_file in self._loras:
+            lora_file.close()
+
+    # --- internals ---------------------------------------------------------------------------------------
+
+    def _models(self, plan: Plan) -> list[str]:
+        if plan.axis is not None and plan.axis.kind == "checkpoint":
+            return [str(v) for v in plan.axis.values]
+        if plan.model is None:
+            raise RenderError("the plan names no model (use --model CKPT)")
+        return [plan.model]
+
+    def _model_for(self, plan: Plan, job: Job) -> str:
+        if plan.axis is not None and plan.axis.kind == "checkpoint":
+            return str(job.axis_value)
+        assert plan.model is not None
+        return plan.model
+
+    def _load(self, model: str) -> None:
+        """Load ``model`` unless it is loaded; (re)build the weight patcher for the current LoRA files."""
+        import torch
+
+        from lbw.render.backends.lora_patch import WeightPatcher
+
+        device = resolve_device(self.device_option)
+        if self._pipe is None or self._pipe_model != model:
+            self._pipe = self._patcher = None
+            self._pipe = load_pipeline(
+                model, device=device, dtype=_dtype(self.dtype_option, device), model_config=self.model_config
+            )
+            self._pipe_model = model
+            self._scheduler_config = dict(self._pipe.scheduler.config)  # the checkpoint's own
+            self.loads += 1
+        lora_key = tuple(str(lora_file.path) for lora_file in self._loras)
+        if self._patcher is None or self._patcher_key != lora_key:
+            if self._patcher is not None:
+                self._patcher.restore()
+            self._embeddings.clear()
+            try:
+                self._patcher = WeightPatcher(self._pipe, self._loras, device=device)
+            except LbwError:
+                raise
+            except (RuntimeError, ValueError) as error:
+                raise RenderError(f"cannot apply the LoRA to {model}: {error}") from None
+            self._patcher_key = lora_key
+        self._device = torch.device(device)
+
+    def _generate(
+        self,
+        plan: Plan,
+        states: Sequence[LoraState],
+        seeds: Sequence[int],
+        label: str,
+        on_step: StepCallback | None,
+    ) -> list[Image.Image]:
+        import torch
+
+        settings = plan.settings
+        pipe = self._pipe
+        sampler = resolve_sampler(settings.sampler, settings.scheduler)
+        pipe.scheduler = diffusers_scheduler(sampler, self._scheduler_config)
+        embeds = self._embeds(plan, states)
+        count = len(seeds)
+        kwargs = {name: tensor.repeat(count, *([1] * (tensor.dim() - 1))) for name, tensor in embeds.items()}
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+
+        def step_end(_pipe: Any, step: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step((step + 1) / settings.steps, label)
+            return callback_kwargs
+
+        with torch.inference_mode():
+            output = pipe(
+                **kwargs,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.cfg,
+                width=settings.width,
+                height=settings.height,
+                generator=generators,
+                output_type="pil",
+                callback_on_step_end=step_end,
+            )
+        return [image.convert("RGB") for image in output.images]
+
+    def _embeds(self, plan: Plan, states: Sequence[LoraState]) -> dict[str, Any]:
+        """Prompt embeddings for the current text-encoder weights, cached by their state."""
+        import torch
+
+        settings = plan.settings
+        key = (
+            settings.prompt,
+            settings.negative_prompt,
+            settings.clip_skip,
+            settings.cfg > 1,
+            tuple(state.text_key() for state in states),
+        )
+        if key in self._embeddings:
+            return self._embeddings[key]
+        pipe = self._pipe
+        clip_skip = settings.clip_skip - 1 or None
+        with torch.inference_mode():
+            if type(pipe).__name__ == "StableDiffusionXLPipeline":
+                embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+                    settings.prompt,
+                    device=self._device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=settings.cfg > 1,
+                    negative_prompt=settings.negative_prompt,
+                    clip_skip=clip_skip,
+                )
+                result = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+                if negative is not None:
+                    result |= {
+                        "negative_prompt_embeds": negative,
+                        "negative_pooled_prompt_embeds": negative_pooled,
+                    }
+            else:
+                embeds, negative = pipe.encode_prompt(
+                    settings.prompt,
+                    self._device,
+                    1,
+                    settings.cfg > 1,
+                    settings.negative_prompt,
+                    clip_skip=clip_skip,
+                )
+                result = {"prompt_embeds": embeds}
+                if negative is not None:
+                    result["negative_prompt_embeds"] = negative
+        self._embeddings[key] = result
+        return result
+
+
+def _dtype(option: str | None, device: str) -> Any:
+    import torch
+
+    if option is None:
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if option not in table:
+        raise RenderError(f"unknown dtype {option!r}; expected fp32, fp16 or bf16")
+    return table[option]

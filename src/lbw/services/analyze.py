@@ -1,0 +1,192 @@
+"""``lbw eba``: run the Effective Block Analyzer, rank the blocks, suggest a classification and a sheet.
+
+Example:
+    >>> plan = eba_plan(LoraSpec(path="face.safetensors"), model="model/", settings=Settings(prompt="1girl"))
+    >>> report = run_eba(plan, DiffusersBackend(), Path("out/eba"))
+    >>> report.ranked[0].block, report.classes["IN01"]
+    ('OUT03', 'unneeded')
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lbw.domain.layouts import SD26
+from lbw.domain.sheet import Sheet
+from lbw.domain.sheet_file import sheet_to_toml
+from lbw.domain.weights import validate_name
+from lbw.errors import LbwError, RenderError
+from lbw.files.atomic import write_text_atomic
+from lbw.render.analysis import IMPORTANT, UNCLEAR, UNNEEDED, BlockChange, Box, Thresholds, classify, rank
+from lbw.render.backends.base import Backend, StepCallback
+from lbw.render.eba import SOURCE_LABEL, SeedAnalysis, analyze_seed, eba_cells, mean_changes
+from lbw.render.plan import Axis, EbaSpec, LoraSpec, Plan, Settings
+from lbw.render.runner import CellCallback, RunResult, run_plan
+
+# The tutorial's sheet entry for each class: (weight, fixed).
+SHEET_ENTRY = {IMPORTANT: (1.0, True), UNNEEDED: (0.0, True), UNCLEAR: (0.5, False)}
+
+
+def eba_plan(
+    lora: LoraSpec,
+    *,
+    model: str | None,
+    settings: Settings,
+    blocks: Sequence[str] = SD26.ids,
+    probe: float = 0.5,
+    base: float = 1.0,
+    threshold: int = 20,
+    diff_color: str = "black",
+    others: Sequence[LoraSpec] = (),
+    axis: Axis | None = None,
+    name: str | None = None,
+) -> Plan:
+    """An analyzer plan: the source plus one cell per block at ``probe`` (LBW's Range ``probe,base``)."""
+    if threshold < 0:
+        raise RenderError(f"threshold must be >= 0, got {threshold}")
+    spec = EbaSpec(probe=probe, base=base, blocks=tuple(blocks), threshold=threshold, diff_color=diff_color)
+    plan_name = name or (Path(lora.path).stem if lora.path else lora.name) or "eba"
+    return Plan(
+        kind="eba",
+        layout="SD26",
+        cells=eba_cells(tuple(blocks), probe, base),
+        settings=settings,
+        loras=(lora, *others),
+        model=model,
+        axis=axis,
+        eba=spec,
+        name=plan_name,
+    )
+
+
+@dataclass
+class EbaReport:
+    """The analyzer's result: per-seed analyses, mean metrics, ranking, classes and the suggested sheet."""
+
+    run: RunResult
+    seeds: list[SeedAnalysis]
+    changes: tuple[BlockChange, ...]
+    thresholds: Thresholds
+    roi: Box | None
+    classes: dict[str, str] = field(default_factory=dict)
+    sheet: Sheet | None = None
+    sheet_path: Path | None = None
+    report_path: Path | None = None
+
+    @property
+    def ranked(self) -> list[BlockChange]:
+        """Blocks, largest change first."""
+        return rank(self.changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``analysis.json`` holds)."""
+        return {
+            "plan": str(self.run.plan_path),
+            "threshold": (self.run.plan.eba or EbaSpec()).threshold,
+            "region": None if self.roi is None else self.roi.as_text(),
+            "classification": {
+                "important_at_least": self.thresholds.important,
+                "unneeded_below": self.thresholds.unneeded,
+                "score": "region Diff %" if self.roi else "Diff %",
+            },
+            "blocks": [
+                {
+                    "block": c.block,
+                    "diff_percent": c.diff_percent,
+                    "roi_diff_percent": c.roi_diff_percent,
+                    "roi_share_percent": c.roi_share_percent,
+                    "class": self.classes[c.block],
+                }
+                for c in self.ranked
+            ],
+            "seeds": {str(a.seed): {c.block: c.diff_percent for c in a.changes} for a in self.seeds},
+            "grids": [str(a.grid) for a in self.seeds],
+            "suggested_sheet": None if self.sheet_path is None else str(self.sheet_path),
+            "suggested_weights": None if self.sheet is None else self.sheet.weight_line(),
+        }
+
+
+def suggested_sheet(name: str, classes: dict[str, str], lora: str | None = None) -> Sheet:
+    """A sheet from the classes: important -> 1 fixed, unneeded -> 0 fixed, unclear -> 0.5 unfixed.
+
+    Blocks the analyzer did not test stay at 1 and unfixed.
+    """
+    values = []
+    fixed = set()
+    for block in SD26.ids:
+        value, is_fixed = SHEET_ENTRY[classes[block]] if block in classes else (1.0, False)
+        values.append(value)
+        if is_fixed:
+            fixed.add(block)
+    return Sheet(_sheet_name(name), SD26, tuple(values), frozenset(fixed), lora=lora or None)
+
+
+def _sheet_name(name: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name) or "Eba"
+    try:
+        return validate_name(cleaned)
+    except LbwError:
+        return "Eba"
+
+
+def analyze_run(
+    run: RunResult,
+    *,
+    roi_text: str | None = None,
+    thresholds: Thresholds | None = None,
+    transpose: bool = False,
+) -> EbaReport:
+    """Compute the analyzer outputs from a finished run's saved cell images and write them next to it."""
+    plan = run.plan
+    if plan.kind != "eba":
+        raise RenderError(f"plan kind is {plan.kind!r}; the analyzer needs an eba plan")
+    thresholds = thresholds or Thresholds()
+    width, height = plan.settings.width, plan.settings.height
+    roi = Box.parse(roi_text, width, height) if roi_text else None
+    out = run.out_dir
+    seeds: list[SeedAnalysis] = []
+    axis_values = plan.axis.values if plan.axis else (None,)
+    for value in axis_values:
+        for seed in plan.settings.seeds:
+            images = {
+                job.cell.label: run.image(job)
+                for job in run.cell_paths
+                if job.seed == seed and job.axis_value == value
+            }
+            target = out if value is None else out / f"{plan.axis.kind}_{value}"  # type: ignore[union-attr]
+            target.mkdir(parents=True, exist_ok=True)
+            seeds.append(analyze_seed(plan, seed, images, target, roi=roi, transpose=transpose))
+    changes = mean_changes(seeds)
+    report = EbaReport(run, seeds, changes, thresholds, roi, classify(changes, thresholds))
+    tuned = next((spec for spec in plan.loras if spec.tuned), None)
+    report.sheet = suggested_sheet(plan.name, report.classes, tuned.name if tuned else None)
+    report.sheet_path = out / "suggested-sheet.toml"
+    write_text_atomic(report.sheet_path, sheet_to_toml(report.sheet))
+    report.report_path = out / "analysis.json"
+    write_text_atomic(report.report_path, json.dumps(report.as_dict(), indent=2) + "\n")
+    return report
+
+
+def run_eba(
+    plan: Plan,
+    backend: Backend,
+    out_dir: str | Path,
+    *,
+    roi_text: str | None = None,
+    thresholds: Thresholds | None = None,
+    transpose: bool = False,
+    cache_dir: str | Path | None = None,
+    on_cell: CellCallback | None = None,
+    on_step: StepCallback | None = None,
+) -> EbaReport:
+    """Render the analyzer plan (cached, resumable) and analyze it."""
+    if not any(cell.label == SOURCE_LABEL for cell in plan.cells):
+        raise RenderError("an analyzer plan needs its source cell")
+    if roi_text:
+        Box.parse(roi_text, plan.settings.width, plan.settings.height)  # fail before rendering
+    run = run_plan(plan, backend, out_dir, cache_dir=cache_dir, on_cell=on_cell, on_step=on_step, grid=False)
+    return analyze_run(run, roi_text=roi_text, thresholds=thresholds, transpose=transpose)

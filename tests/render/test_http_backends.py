@@ -1,0 +1,282 @@
+"""The a1111 and comfyui backends against small local HTTP servers implementing the documented API shapes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from lbw.errors import RenderError
+from lbw.files.lora_file import LoraFile
+from lbw.render.backends.a1111 import A1111Backend, lora_prompt_tag, txt2img_payload
+from lbw.render.backends.comfyui import ComfyUIBackend
+from lbw.render.backends.http import HttpClient
+from lbw.render.plan import Cell, LoraSpec, Plan, Settings
+from lbw.render.runner import run_plan
+
+
+def _png(seed_text: str) -> bytes:
+    colour = tuple(hashlib.sha256(seed_text.encode()).digest()[:3])
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class FakeServer:
+    """State shared by the handler: routes answer from here, requests are recorded."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.requests: list[tuple[str, str, Any]] = []
+        self.failures_left = options.get("fail_first", 0)
+        self.history_polls: dict[str, int] = {}
+        self.refreshed = False
+
+    def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        self.requests.append((method, path, body))
+        route = getattr(self, f"{method.lower()}_{path.strip('/').split('/')[0]}", None)
+        if route is None:
+            return 404, {"detail": "Not Found"}
+        return route(path, query, body)
+
+
+class FakeA1111(FakeServer):
+    def get_sdapi(self, path, query, body):
+        if path == "/sdapi/v1/scripts":
+            titles = ["prompt matrix", "x/y/z plot"]
+            if self.options.get("lbw", True):
+                titles.append("lora block weight")
+            return 200, {"txt2img": titles, "img2img": []}
+        if path == "/sdapi/v1/loras":
+            names = ["face", "style"] + (["late"] if self.refreshed else [])
+            return 200, [{"name": n, "alias": n, "path": f"/loras/{n}.safetensors",
+                          "metadata": {"sshs_model_hash": f"hash-{n}"}} for n in names]
+        if path == "/sdapi/v1/sd-models":
+            return 200, [{"title": "tiny.safetensors [0123abcd]", "model_name": "tiny", "filename": "/m/tiny"}]
+        if path == "/sdapi/v1/progress":
+            return 200, {"progress": 0.5, "eta_relative": 1.0, "state": {}}
+        return 404, {"detail": "Not Found"}
+
+    def post_sdapi(self, path, query, body):
+        if path == "/sdapi/v1/refresh-loras":
+            self.refreshed = True
+            return 200, None
+        if path != "/sdapi/v1/txt2img":
+            return 404, {"detail": "Not Found"}
+        if self.failures_left:
+            self.failures_left -= 1
+            return 503, {"detail": "Service Unavailable"}
+        for title in body.get("alwayson_scripts", {}):
+            if title.lower() != "lora block weight":
+                return 422, {"detail": f"always on script {title} not found"}
+        image = base64.b64encode(_png(json.dumps(body, sort_keys=True))).decode()
+        return 200, {"images": [image], "parameters": body, "info": json.dumps({"seed": body["seed"]})}
+
+
+class FakeComfy(FakeServer):
+    def get_object_info(self, path, query, body):
+        node = urllib.parse.unquote(path.split("/", 2)[2])
+        if node == "LoraLoaderBlockWeight //Inspire":
+            if not self.options.get("inspire", True):
+                return 200, {}
+            return 200, {node: {"input": {"required": {"lora_name": [["face.safetensors", "other.safetensors"]]}}}}
+        if node == "CheckpointLoaderSimple":
+            return 200, {node: {"input": {"required": {"ckpt_name": [["tiny.safetensors"]]}}}}
+        return 404, {}
+
+    def post_prompt(self, path, query, body):
+        prompt_id = f"p{len(self.history_polls) + 1}"
+        self.history_polls[prompt_id] = 0
+        self.graphs = [*getattr(self, "graphs", []), body["prompt"]]
+        return 200, {"prompt_id": prompt_id, "number": len(self.history_polls), "node_errors": {}}
+
+    def get_history(self, path, query, body):
+        prompt_id = path.rsplit("/", 1)[1]
+        self.history_polls[prompt_id] += 1
+        if self.history_polls[prompt_id] < 2:
+            return 200, {}  # still running
+        if self.options.get("fail_execution"):
+            status = {"status_str": "error", "completed": False,
+                      "messages": [["execution_error", {"exception_message": "CUDA out of memory"}]]}
+            return 200, {prompt_id: {"outputs": {}, "status": status}}
+        images = [{"filename": f"lbw_{prompt_id}.png", "subfolder": "", "type": "output"}]
+        return 200, {prompt_id: {"outputs": {"9": {"images": images}},
+                                 "status": {"status_str": "success", "completed": True, "messages": []}}}
+
+    def get_view(self, path, query, body):
+        return 200, _png(query["filename"] + json.dumps(self.graphs[-1], sort_keys=True))
+
+
+@contextmanager
+def serve(state: FakeServer) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, method: str) -> None:
+            parsed = urllib.parse.urlparse(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            query = dict(urllib.parse.parse_qsl(parsed.query))
+            status, payload = state.handle(method, parsed.path, query, body)
+            raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "image/png" if isinstance(payload, bytes) else "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self) -> None:
+            self._answer("GET")
+
+        def do_POST(self) -> None:
+            self._answer("POST")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _cells() -> tuple[Cell, ...]:
+    base = (1.0,) * 17
+    return (Cell("Sub", base), Cell("SubIN01_0", (1.0, 0.0, *base[2:]), "IN01"))
+
+
+def _plan(lora: LoraSpec, model: str | None = "tiny") -> Plan:
+    return Plan(kind="sub", layout="SD17", cells=_cells(), loras=(lora,), model=model,
+                settings=Settings(prompt="1girl", negative_prompt="lowres", steps=20, cfg=7, width=16, height=16,
+                                  sampler="DPM++ 2M Karras", clip_skip=2, seeds=(5, 6)))
+
+
+def test_a1111_renders_each_cell_with_presets_in_the_always_on_args(tmp_path):
+    state = FakeA1111()
+    with serve(state) as url:
+        backend = A1111Backend(url=url, backoff=0.01, poll_interval=0.01)
+        plan = _plan(LoraSpec(name="face", strength=0.8))
+        steps: list[float] = []
+        result = run_plan(plan, backend, tmp_path, on_step=lambda fraction, label: steps.append(fraction))
+        assert (result.rendered, result.reused) == (4, 0)
+        bodies = [body for method, path, body in state.requests if path == "/sdapi/v1/txt2img"]
+        assert [b["seed"] for b in bodies] == [5, 6, 5, 6]
+        second = bodies[2]
+        assert second["prompt"] == "1girl <lora:face:0.8:lbw=lbwcell>"
+        assert second["alwayson_scripts"] == {
+            "LoRA Block Weight": {"args": ["lbwcell:1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1", True, 0]}}
+        assert (second["sampler_name"], second["scheduler"], second["steps"], second["cfg_scale"]) == (
+            "DPM++ 2M", "Karras", 20, 7.0)
+        assert second["override_settings"] == {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "tiny"}
+        assert steps and steps[-1] == 1.0
+        count = len(state.requests)
+        again = run_plan(plan, A1111Backend(url=url), tmp_path)
+        assert (again.rendered, again.reused) == (0, 4)
+        assert not any(p == "/sdapi/v1/txt2img" for _, p, _ in state.requests[count:])
+    assert result.grids[0].is_file()
+
+
+def test_a1111_tag_forms_and_untuned_loras():
+    assert lora_prompt_tag("face", 1, 1, "lbwcell") == "<lora:face:1:lbw=lbwcell>"
+    assert lora_prompt_tag("face", 0.5, 1, None) == "<lora:face:te=0.5:unet=1>"
+    with pytest.raises(RenderError, match="contains ':'"):
+        lora_prompt_tag("a:b", 1, 1, None)
+    plan = Plan(kind="sub", layout="SD17", cells=_cells(), settings=Settings(prompt="p"),
+                loras=(LoraSpec(name="face"), LoraSpec(name="style", tuned=False, strength=0.5,
+                                                      weights=(1.0,) + (0.0,) * 11)))
+    body = txt2img_payload(plan, plan.jobs()[1])
+    assert body["prompt"] == "p <lora:face:1:lbw=lbwcell> <lora:style:0.5:lbw=lbwfixed1>"
+    assert body["alwayson_scripts"]["LoRA Block Weight"]["args"][0].splitlines()[1] == (
+        "lbwfixed1:1,0,0,0,0,0,0,0,0,0,0,0")
+
+
+def test_a1111_reports_missing_extension_lora_and_checkpoint(tmp_path):
+    missing = pytest.raises(RenderError, match="LoRA Block Weight extension is not installed")
+    with serve(FakeA1111(lbw=False)) as url, missing:
+        run_plan(_plan(LoraSpec(name="face")), A1111Backend(url=url), tmp_path)
+    state = FakeA1111()
+    with serve(state) as url:
+        with pytest.raises(RenderError, match=r"LoRA 'fase' is not known to the web UI; did you mean face\?"):
+            run_plan(_plan(LoraSpec(name="fase")), A1111Backend(url=url), tmp_path)
+        assert state.refreshed
+        run_plan(_plan(LoraSpec(name="late")), A1111Backend(url=url), tmp_path / "late")  # found after refresh
+        with pytest.raises(RenderError, match="checkpoint 'sdxl' is not known"):
+            run_plan(_plan(LoraSpec(name="face"), model="sdxl"), A1111Backend(url=url), tmp_path)
+
+
+def test_server_that_fails_then_recovers(tmp_path):
+    state = FakeA1111(fail_first=2)
+    waits: list[float] = []
+    with serve(state) as url:
+        backend = A1111Backend(url=url, retries=3, backoff=0.01)
+        backend.client.sleep = waits.append
+        result = run_plan(_plan(LoraSpec(name="face")), backend, tmp_path)
+    assert result.rendered == 4
+    assert waits == [0.01, 0.02]  # exponential backoff, then success
+    txt2img = [p for _, p, _ in state.requests if p == "/sdapi/v1/txt2img"]
+    assert len(txt2img) == 4 + 2
+
+
+def test_server_that_never_recovers_and_no_server():
+    with serve(FakeA1111(fail_first=100)) as url:
+        client = HttpClient(url, retries=2, backoff=0.0)
+        with pytest.raises(RenderError, match=r"POST /sdapi/v1/txt2img failed after 3 attempts \(HTTP 503"):
+            client.post_json("/sdapi/v1/txt2img", {})
+    closed = HttpClient(url, retries=1, backoff=0.0, timeout=2)  # the server is gone now
+    with pytest.raises(RenderError, match=r"failed after 2 attempts .*is the server running"):
+        closed.get_json("/sdapi/v1/scripts")
+    with pytest.raises(RenderError, match="must look like http://HOST:PORT"):
+        HttpClient("localhost:7860")
+
+
+def test_comfyui_graph_with_inspire_vectors(tiny_assets, tmp_path):
+    _, lora_path = tiny_assets
+    present = LoraFile.open(lora_path).inspire_blocks
+    state = FakeComfy()
+    with serve(state) as url:
+        backend = ComfyUIBackend(url=url, poll_interval=0.0)
+        plan = Plan(kind="sub", layout="SD26", cells=(
+            Cell("all", (1.0,) * 26), Cell("IN01_0", (1.0, 1.0, 0.0) + (1.0,) * 23, "IN01")),
+            loras=(LoraSpec(path=str(lora_path), name="face.safetensors"),), model="tiny.safetensors",
+            settings=Settings(prompt="1girl", steps=4, width=16, height=16, seeds=(3,), clip_skip=2))
+        result = run_plan(plan, backend, tmp_path)
+    assert result.rendered == 2
+    loader = state.graphs[1]["lora0"]
+    assert loader["class_type"] == "LoraLoaderBlockWeight //Inspire"
+    vector = loader["inputs"]["block_vector"].split(",")
+    assert len(vector) == 1 + len(present) and present[0] == ("input", 1)
+    assert vector[:3] == ["1", "0", "1"] and set(vector[3:]) == {"1"}
+    assert state.graphs[0]["lora0"]["inputs"]["block_vector"] == ",".join(["1"] * (1 + len(present)))
+    sampler = state.graphs[1]["6"]["inputs"]
+    assert (sampler["seed"], sampler["steps"], sampler["sampler_name"], sampler["scheduler"]) == (
+        3, 4, "euler", "normal")
+    assert state.graphs[1]["2"]["inputs"]["stop_at_clip_layer"] == -2
+
+
+def test_comfyui_reports_missing_pack_lora_and_execution_errors(tiny_assets, tmp_path):
+    _, lora_path = tiny_assets
+    plan = Plan(kind="custom", layout="SD17", cells=(Cell("a", (1.0,) * 17),), model="tiny.safetensors",
+                loras=(LoraSpec(path=str(lora_path), name="face.safetensors"),), settings=Settings(seeds=(1,)))
+    no_pack = pytest.raises(RenderError, match="install ltdrdata/ComfyUI-Inspire-Pack")
+    with serve(FakeComfy(inspire=False)) as url, no_pack:
+        run_plan(plan, ComfyUIBackend(url=url), tmp_path)
+    with serve(FakeComfy(fail_execution=True)) as url:
+        wrong = replace(plan, loras=(LoraSpec(path=str(lora_path), name="face"),))
+        with pytest.raises(RenderError, match="LoRA 'face' is not in ComfyUI's lora list"):
+            run_plan(wrong, ComfyUIBackend(url=url), tmp_path)
+        with pytest.raises(RenderError, match="ComfyUI failed on cell 'a': CUDA out of memory"):
+            run_plan(plan, ComfyUIBackend(url=url, poll_interval=0.0), tmp_path)
