@@ -46,3 +46,11 @@ def test_presets_missing_file_and_init(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert run(["presets", "defaults"]) == 0
     assert capsys.readouterr().out == target.read_text(encoding="utf-8")
+
+
+def test_presets_refuse_a_folder_as_file(tmp_path: Path, capsys) -> None:
+    assert run(["presets", "init", str(tmp_path), "--force"]) == 2
+    assert capsys.readouterr().err == f"lbw: error: {tmp_path}: is a folder, expected a file\n"
+    assert run(["presets", "add", str(tmp_path), "A:" + ",".join(["1"] * 12)]) == 2
+    assert capsys.readouterr().err == f"lbw: error: {tmp_path}: is a folder, expected a file\n"
+    assert list(tmp_path.iterdir()) == []

@@ -104,6 +104,39 @@ def test_readable_report_has_copyable_lines(capsys) -> None:
     assert any(line.startswith("open: 11 of 26 blocks unfixed") for line in lines)
 
 
+def test_render_and_show_add_block_dims_to_sd_scripts(tmp_path: Path, capsys) -> None:
+    dims = "0,2,4,4,4,8,8,8,8,12,12,12,12,16,12,12,12,12,8,8,8,8,4,4,4,2"
+    expected = (
+        SD_SCRIPTS + ' "block_dims=2,4,4,4,8,8,8,8,12,12,12,12,16,12,12,12,12,8,8,8,8,4,4,4,2" '
+        f'"block_alphas={",".join(["1"] * 25)}"'
+    )
+    data = render_json(capsys, "--unfixed", UNFIXED, "--dims", dims, "--alphas", "1")
+    assert list(data) == list(OUTPUT_KEYS)
+    assert data["sd_scripts"] == expected
+    assert run(["sheet", "render", "-w", GOBUHIME, "--dims", dims, "--alphas", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index("sd-scripts block arguments (--network_args)") + 1] == expected
+    file = tmp_path / "x.toml"
+    assert run(["sheet", "new", str(file), "--name", "X", "--layout", "XL12"]) == 0
+    capsys.readouterr()
+    assert run(["sheet", "show", str(file), "--dims", "16", "--only", "sd_scripts"]) == 0
+    assert capsys.readouterr().out == (
+        '"down_lr_weight=0,0,0,0,1,1,0,1,1" "mid_lr_weight=1,1,1" "up_lr_weight=1,1,1,1,1,1,0,0,0" '
+        f'"block_dims=0,{",".join(["16"] * 21)},0"\n'
+    )
+    assert run(["sheet", "show", str(file), "--alphas", "1", "--conv-alphas", "1"]) == 2
+    assert capsys.readouterr() == ("", "lbw: error: sd-scripts ignores conv_block_alphas without conv_block_dims\n")
+    assert run(["sheet", "render", "-w", GOBUHIME, "--dims", "1,1,1,1,1,1,1,1,1,1,1,1"]) == 2
+    assert capsys.readouterr().err == (
+        "lbw: error: block_dims is XL12 but lr weights is SD26: SD and SDXL blocks differ\n"
+    )
+
+
+def test_all_in_fixed_and_unfixed(capsys) -> None:
+    assert render_json(capsys, "--fixed", "all")["sub_prompt_sr"] == "Sub"
+    assert render_json(capsys, "--unfixed", "all")["eba_blocks"].count(",") == 25
+
+
 def test_sheet_file_workflow(tmp_path: Path, capsys) -> None:
     file = tmp_path / "gobuhime.toml"
     fixed = "BASE,IN00,IN02,IN06,IN07,IN08,IN09,IN10,IN11,MID,OUT02,OUT03,OUT04,OUT05,OUT10"
@@ -156,6 +189,11 @@ def test_sheet_file_errors(tmp_path: Path, capsys) -> None:
     assert run(["sheet", "set", str(file), "IN04=abc"]) == 2
     assert "value for IN04 'abc' is not a number" in capsys.readouterr().err
     assert file.read_text(encoding="utf-8") == before  # failed commands leave the file untouched
+    assert run(["sheet", "new", str(tmp_path / "t.toml"), "--name", "T", "--layout", "15"]) == 2
+    assert capsys.readouterr().err.startswith("lbw: error: --layout '15' is not a layout; expected 26, 17, 20")
+    assert run(["sheet", "new", str(tmp_path), "--name", "T", "--force"]) == 2
+    assert capsys.readouterr().err == f"lbw: error: {tmp_path}: is a folder, expected a file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
     file.write_text("name = [", encoding="utf-8")
     assert run(["sheet", "show", str(file)]) == 2
     assert capsys.readouterr().err.startswith(f"lbw: error: {file}: not valid TOML")
@@ -174,6 +212,8 @@ def test_hints_list_and_side_by_side(tmp_path: Path, capsys) -> None:
     assert "left out (another model family): FLUXALL (FLUX61)" in out
     assert run(["hints", "--show", "Nope"]) == 2
     assert "unknown hint row 'Nope'" in capsys.readouterr().err
+    assert run(["hints", "--sheet", str(mine), "-w", GOBUHIME]) == 2
+    assert capsys.readouterr() == ("", "lbw: error: give --sheet or --weights, not both\n")
 
 
 def test_demo_prints_the_gobuhime_outputs(capsys) -> None:
@@ -198,11 +238,13 @@ codes = [
     run(["weights", "parse", w, "--to", "26"]),
     run(["weights", "convert", w, "--to", "17", "--allow-drop"]),
     run(["weights", "show", w]),
+    run(["weights", "sdscripts", w, "--dims", "8", "--alphas", "4"]),
     run(["presets", "list"]),
     run(["presets", "add", presets, w]),
     run(["presets", "check", presets]),
     run(["sheet", "render", "-w", w, "--unfixed", "IN01", "--json"]),
     run(["sheet", "render", "-w", w]),
+    run(["sheet", "render", "-w", w, "--dims", "8", "--conv-dims", "4", "--json"]),
     run(["sheet", "new", sheet, "-w", w]),
     run(["sheet", "fix", sheet, "IN01=0"]),
     run(["sheet", "show", sheet]),
@@ -218,4 +260,4 @@ print("RESULT", codes, heavy)
 def test_light_commands_do_not_import_heavy_libraries() -> None:
     done = subprocess.run([sys.executable, "-c", LIGHT_CHECK], capture_output=True, text=True, timeout=120)
     result = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    assert result == ["RESULT [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] []"], done.stderr[-2000:]
+    assert result == ["RESULT [" + ", ".join(["0"] * 16) + "] []"], done.stderr[-2000:]

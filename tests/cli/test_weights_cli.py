@@ -87,3 +87,72 @@ def test_weights_show_table(capsys) -> None:
     out = capsys.readouterr().out
     assert "T (XL12)" in out
     assert "IN04" in out and "0.5" in out
+
+
+def test_parse_dummy26_as_seen(capsys) -> None:
+    """ParseWeight26 (seen): BASE 1, IN00..IN11 = 0..11, MID 1, OUT00..OUT11 = 0..11."""
+    dummy26 = "DUMMY26:1,0,1,2,3,4,5,6,7,8,9,10,11,1,0,1,2,3,4,5,6,7,8,9,10,11"
+    assert run(["weights", "parse", dummy26, "--to", "26"]) == 0
+    assert capsys.readouterr() == (dummy26 + "\n", "")
+    assert run(["weights", "show", dummy26]) == 0
+    rows = [line.split("│")[1:3] for line in capsys.readouterr().out.splitlines() if line.count("│") == 3]
+    table = {block.strip(): value.strip() for block, value in rows}
+    assert table["BASE"] == "1" and table["M00"] == "1"
+    assert [table[f"IN{i:02d}"] for i in range(12)] == [str(i) for i in range(12)]
+    assert [table[f"OUT{i:02d}"] for i in range(12)] == [str(i) for i in range(12)]
+
+
+def test_fill_needs_to_and_bad_layout_names_the_option(capsys) -> None:
+    assert run(["weights", "parse", DUMMY17, "--fill", "0.5"]) == 2
+    assert capsys.readouterr() == ("", "lbw: error: --fill only applies when converting: add --to 26 (or --to 20)\n")
+    assert run(["weights", "parse", DUMMY17, "--to", "26", "--fill", "0.5"]) == 0
+    filled = "DUMMY17:1,0.5,1,2,0.5,4,5,0.5,7,8,0.5,0.5,0.5,1,0.5,0.5,0.5,3,4,5,6,7,8,9,10,11"
+    assert capsys.readouterr().out == filled + "\n"
+    assert run(["weights", "parse", DUMMY17, "--to", "99"]) == 2
+    assert capsys.readouterr().err == (
+        "lbw: error: --to '99' is not a layout; expected 26, 17, 20, 12 or 61 (or SD26, SD17, XL20, XL12, FLUX61)\n"
+    )
+
+
+FINAL = "Gobuhime:1,0,0,1,0,0,0,0,1,1,0,0,0,1,0,0,1,1,1,1,0.5,0,0,0,0,0"
+
+
+def test_sdscripts_lr_weights_of_the_final_gobuhime(capsys) -> None:
+    assert run(["weights", "sdscripts", FINAL]) == 0
+    out, err = capsys.readouterr()
+    assert out == (
+        '"down_lr_weight=0,0,1,0,0,0,0,1,1,0,0,0" "mid_lr_weight=1" "up_lr_weight=0,0,1,1,1,1,0.5,0,0,0,0,0"\n'
+    )
+    assert err.splitlines()[0].startswith("lbw: note: BASE (the text encoders) has no training equivalent")
+
+
+def test_sdscripts_block_dims_sd_and_sdxl(capsys) -> None:
+    dims = "0,2,4,4,4,8,8,8,8,12,12,12,12,16,12,12,12,12,8,8,8,8,4,4,4,2"
+    assert run(["weights", "sdscripts", "--dims", dims, "--alphas", "1"]) == 0
+    assert capsys.readouterr().out == (
+        '"block_dims=2,4,4,4,8,8,8,8,12,12,12,12,16,12,12,12,12,8,8,8,8,4,4,4,2" '
+        f'"block_alphas={",".join(["1"] * 25)}"\n'
+    )
+    assert run(["weights", "sdscripts", "--dims", "8", "--conv-dims", "4", "--conv-alphas", "1", "--layout", "20"]) == 0
+    out, err = capsys.readouterr()
+    assert out == (
+        f'"block_dims=0,{",".join(["8"] * 21)},0" "conv_block_dims=0,{",".join(["4"] * 21)},0" '
+        f'"conv_block_alphas=0,{",".join(["1"] * 21)},0"\n'
+    )
+    assert "lbw: note: SDXL: the first and last of the 23 values (time/label embedding, out)" in err
+
+
+def test_sdscripts_errors(capsys) -> None:
+    cases = [
+        ([], "nothing to write: give lr weights, dims or alphas"),
+        (["--alphas", "1"], "sd-scripts ignores block_alphas unless block_dims or lr weights are given"),
+        (["--dims", "8", "--conv-alphas", "1"], "sd-scripts ignores conv_block_alphas without conv_block_dims"),
+        ([FINAL, "--dims", "8", "--layout", "20"], "block_dims is XL20 but lr weights is SD26: SD and SDXL"),
+        (["--dims", "8", "--layout", "5"], "--layout '5' is not a layout"),
+        (["--dims", "2.5"], "block_dims must be non-negative integers (ranks); got IN00=2.5, IN01=2.5, IN02=2.5 and"),
+    ]
+    for args, message in cases:
+        assert run(["weights", "sdscripts", *args]) == 2, args
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.startswith(f"lbw: error: {message}") and err.count("\n") == 1, err

@@ -123,7 +123,7 @@ def test_sheet_toml_shorthand_and_mid_alias() -> None:
         ("name = ", "s.toml: not valid TOML"),
         ('name = "A"\nlayout = "26"\ncolour = 1\n[blocks]\n', "s.toml: unknown key 'colour'"),
         ('name = "A"\nlayout = "26"\n', "s.toml: missing key 'blocks'"),
-        ('name = "A"\nlayout = "33"\n[blocks]\n', "s.toml: found 33 values"),
+        ('name = "A"\nlayout = "33"\n[blocks]\n', "s.toml: unknown layout '33'"),
         ('name = "A"\nlayout = "12"\n[blocks]\nBASE = 1\n', "s.toml: blocks missing: IN04,IN05"),
         ('name = "A"\nlayout = "12"\n[blocks]\nIN00 = 1\n', "s.toml: block 'IN00' is not in this layout"),
         ('name = "A"\nlayout = "12"\n[blocks]\nBASE = "1"\n', "s.toml: blocks.BASE must be a number"),

@@ -12,6 +12,7 @@ from lbw.domain.inspire import parse_inspire_vector, parse_present_blocks
 from lbw.domain.layouts import FULL_OF_SHORT, LAYOUTS, SD17, SD26, XL12, XL20
 from lbw.domain.numbers import format_number
 from lbw.domain.presets import read_presets
+from lbw.domain.sdscripts import network_args, parse_block_dims
 from lbw.domain.sheet import LIST_KINDS, Sheet, sheet_outputs, variants
 from lbw.domain.sheet_file import sheet_from_toml, sheet_to_toml
 from lbw.domain.weights import BlockWeights, Special, parse_weights
@@ -137,6 +138,7 @@ def test_random_strings_raise_only_lbw_errors(text: str) -> None:
     _only_lbw_errors(parse_inspire_vector, text)
     _only_lbw_errors(parse_present_blocks, text)
     _only_lbw_errors(sheet_from_toml, text)
+    _only_lbw_errors(lambda t: network_args(None, parse_block_dims(dims=t, conv_dims=t, conv_alphas=t)), text)
     doc = read_presets(text)  # never raises: problems are reported per line
     assert len(doc.lines) <= text.count("\n") + 1
 
@@ -145,6 +147,7 @@ def test_random_strings_raise_only_lbw_errors(text: str) -> None:
 @given(st.lists(TOKENS, min_size=12, max_size=12).map(",".join))
 def test_twelve_token_strings_parse_or_raise_lbw_error(text: str) -> None:
     _only_lbw_errors(lambda t: parse_weights(t).resolve(seed=1).numbers(), text)
+    _only_lbw_errors(lambda t: network_args(parse_weights(t), parse_block_dims(dims=t, alphas=t)), text)
 
 
 @settings(max_examples=100, deadline=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lbw.domain.layouts import SD17, SD26, XL12
+from lbw.domain.sdscripts import parse_block_dims
 from lbw.domain.sheet import OUTPUT_KEYS, Sheet, sheet_outputs, variants
 from lbw.domain.weights import parse_weights
 from lbw.errors import SheetError
@@ -149,3 +150,74 @@ def test_legacy_tag_and_lora_name() -> None:
     assert sheet_outputs(sheet).prompt_tag == "<lora:my-lora:1:lbw=Sub>"
     assert sheet_outputs(sheet, legacy_tag=True).prompt_tag == "<lora:my-lora:1:Sub>"
     assert sheet_outputs(sheet).add_prompt_tag == "<lora:my-lora:1:lbw=Add>"
+
+
+def prompt_sr_items(text: str) -> list[str]:
+    """How A1111's X/Y/Z plot reads Prompt S/R values: comma-separated, each item stripped."""
+    return [item.strip() for item in text.split(",")]
+
+
+def test_eba_blocks_of_the_screenshot() -> None:
+    """ToolLbwEba_SdsLrw (seen): the example's weights with OUT06 also fixed."""
+    sheet = gobuhime().fix(["OUT06"])
+    assert sheet.eba_blocks() == "IN01,IN03,IN04,IN05,OUT00,OUT01,OUT07,OUT08,OUT09,OUT11"
+    assert sheet_outputs(sheet).as_dict()["sd_scripts"] == SD_SCRIPTS  # weights unchanged
+
+
+def test_all_fixed_prefixes_match_the_overview_screenshot() -> None:
+    """plot-helper.md §2.3 (seen, every block fixed): Sub, Add, "Sub, A..." and "Add,Su..."."""
+    outputs = sheet_outputs(gobuhime().fix(SD26.ids)).as_dict()
+    assert outputs["sub_prompt_sr"] == "Sub"
+    assert outputs["add_prompt_sr"] == "Add"
+    assert outputs["subadd_prompt_sr"] == "Sub, Add"
+    assert outputs["addsub_prompt_sr"] == "Add, Sub"  # the sheet shows "Add,Su": same items for X/Y/Z plot
+    assert prompt_sr_items(outputs["addsub_prompt_sr"]) == prompt_sr_items("Add,Sub")
+    sub, add = GOBUHIME.replace("Gobuhime", "Sub"), GOBUHIME.replace("Gobuhime", "Add")
+    assert outputs["subadd_weights"].split("\n") == [sub, add]
+    assert outputs["addsub_weights"].split("\n") == [add, sub]
+    assert outputs["eba_blocks"] == ""
+
+
+def test_tutorial_progression_subadd_stage() -> None:
+    """§5 step 5: IN01, OUT01, OUT07, OUT11 then IN03, OUT00, OUT09 at 0 and fixed; SubAdd on the other four."""
+    sheet = gobuhime().set_values(dict.fromkeys(["IN01", "OUT01", "OUT07", "OUT11"], 0.0), fix=True)
+    assert sheet.eba_blocks() == "IN03,IN04,IN05,OUT00,OUT06,OUT08,OUT09"
+    sheet = sheet.set_values(dict.fromkeys(["IN03", "OUT00", "OUT09"], 0.0), fix=True)
+    subadd = variants(sheet, "subadd")
+    assert subadd.prompt_sr() == (
+        "Sub, SubIN04_0, SubIN05_0, SubOUT06_0, SubOUT08_0, Add, AddIN04_1, AddIN05_1, AddOUT06_1, AddOUT08_1"
+    )
+    base = "1,0,0,1,0,0.5,0.5,0,1,1,0,0,0,1,0,0,1,1,1,1,0.5,0,0.5,0,0,0"
+    assert subadd.preset_text().split("\n")[0] == f"Sub:{base}"
+    assert subadd.preset_text().split("\n")[5] == f"Add:{base}"
+    assert subadd.preset_text().split("\n")[9] == "AddOUT08_1:1,0,0,1,0,0.5,0.5,0,1,1,0,0,0,1,0,0,1,1,1,1,0.5,0,1,0,0,0"
+    assert variants(sheet, "addsub").prompt_sr() == (
+        "Add, AddIN04_1, AddIN05_1, AddOUT06_1, AddOUT08_1, Sub, SubIN04_0, SubIN05_0, SubOUT06_0, SubOUT08_0"
+    )
+
+
+def test_going_deeper_with_step_025() -> None:
+    """§5 step 7: step 0.25; Sub on the 1-blocks (and OUT06), Add on the 0-blocks (and OUT06)."""
+    final = parse_weights("Gobuhime:1,0,0,1,0,0,0,0,1,1,0,0,0,1,0,0,1,1,1,1,0.5,0,0,0,0,0")
+    ones = [b for b, v in final.items() if v == 1]
+    zeros = [b for b, v in final.items() if v == 0]
+    sheet = Sheet.from_weights(final, fixed=SD26.ids, step=0.25)
+    sub = variants(sheet.unfix([*ones, "OUT06"]), "sub")
+    assert sub.prompt_sr() == (
+        "Sub, SubBASE_0.75, SubIN02_0.75, SubIN07_0.75, SubIN08_0.75, SubM00_0.75, SubOUT02_0.75, "
+        "SubOUT03_0.75, SubOUT04_0.75, SubOUT05_0.75, SubOUT06_0.25"
+    )
+    add = variants(sheet.unfix([*zeros, "OUT06"]), "add")
+    assert add.prompt_sr().split(", ")[:3] == ["Add", "AddIN00_0.25", "AddIN01_0.25"]
+    assert add.prompt_sr().split(", ")[-2:] == ["AddOUT10_0.25", "AddOUT11_0.25"]
+    assert "AddOUT06_0.75" in add.prompt_sr().split(", ")
+    assert len(add.entries) == 1 + len(zeros) + 1
+    assert add.entries[-1].weights.vector_text() == "1,0,0,1,0,0,0,0,1,1,0,0,0,1,0,0,1,1,1,1,0.5,0,0,0,0,0.25"
+
+
+def test_sheet_outputs_with_block_dims() -> None:
+    sheet = gobuhime()
+    outputs = sheet_outputs(sheet, dims=parse_block_dims(dims="8", alphas="4", layout=sheet.layout))
+    assert outputs.as_dict()["sd_scripts"] == (
+        f'{SD_SCRIPTS} "block_dims={",".join(["8"] * 25)}" "block_alphas={",".join(["4"] * 25)}"'
+    )

@@ -95,8 +95,8 @@ def layout_for_length(n: int) -> Layout:
 def layout_named(name: str) -> Layout:
     """Look a layout up by name (``SD26``), by length (``26``) or case-insensitively."""
     key = name.strip().upper()
-    if key.isdigit():
-        return layout_for_length(int(key))
+    if key.isdigit() and int(key) in LAYOUTS_BY_LENGTH:
+        return LAYOUTS_BY_LENGTH[int(key)]
     for layout in LAYOUTS.values():
         if layout.name == key:
             return layout

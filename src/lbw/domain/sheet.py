@@ -2,7 +2,7 @@
 
 A ``Sheet`` is immutable; its operations return a new sheet. Outputs (plot-helper.md §2):
 WEIGHT, the Sub/Add/SubAdd/AddSub preset texts with their Prompt S/R lists, the Effective Block Analyzer
-"Blocks", the sd-scripts lr_weight arguments and the LoRA prompt tag. A variant identical to its base (a block
+"Blocks", the sd-scripts block arguments and the LoRA prompt tag. A variant identical to its base (a block
 already at a bound) is left out and reported in ``skipped``; variants outside 0..1 are flagged, never clamped
 unless bounds are set.
 
@@ -22,7 +22,7 @@ from typing import Literal
 from lbw.domain.layouts import SD17, SD26, XL12, XL20, Layout, canonical_block_id
 from lbw.domain.numbers import format_number, round_weight
 from lbw.domain.prompt import lora_tag
-from lbw.domain.sdscripts import TrainingArgs, lr_weight_args
+from lbw.domain.sdscripts import BlockDims, TrainingArgs, network_args
 from lbw.domain.weights import BlockWeights, validate_name
 from lbw.errors import LbwError, SheetError
 
@@ -304,8 +304,10 @@ class SheetOutputs:
         return tuple(v for kind in ("sub", "add") for v in self.lists[kind].entries if v.out_of_range)
 
 
-def sheet_outputs(sheet: Sheet, *, legacy_tag: bool = False) -> SheetOutputs:
+def sheet_outputs(sheet: Sheet, *, legacy_tag: bool = False, dims: BlockDims | None = None) -> SheetOutputs:
     """Compute every output of ``sheet``; the prompt tags use ``sheet.lora`` (default: the sheet name).
+
+    ``dims`` adds ``block_dims``/``block_alphas`` (and the conv forms) to the sd-scripts arguments.
 
     Example:
         >>> sheet_outputs(Sheet.new("A", XL12)).prompt_tag
@@ -317,7 +319,7 @@ def sheet_outputs(sheet: Sheet, *, legacy_tag: bool = False) -> SheetOutputs:
         weight=sheet.weight_line(),
         lists=lists,
         eba_blocks=sheet.eba_blocks(),
-        sd_scripts=lr_weight_args(sheet.weights),
+        sd_scripts=network_args(sheet.weights, dims),
         prompt_tag=lora_tag(lora, BASE_TAGS["sub"], legacy=legacy_tag),
         add_prompt_tag=lora_tag(lora, BASE_TAGS["add"], legacy=legacy_tag),
     )

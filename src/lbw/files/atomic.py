@@ -29,14 +29,22 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     directory = dest.parent if str(dest.parent) else Path(".")
     if not directory.is_dir():
         raise OutputError(f"folder {directory} does not exist", where=str(dest))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+    if dest.is_dir():
+        raise OutputError("is a folder; expected a file name", where=str(dest))
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise OutputError(f"cannot write into {directory}: {error.strerror}", where=str(dest)) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as error:
+            raise OutputError(f"cannot write: {error.strerror}", where=str(dest)) from None
         _fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

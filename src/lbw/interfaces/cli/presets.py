@@ -32,6 +32,16 @@ def read_text_file(path: Path, error: type[LbwError]) -> str:
         raise error(f"cannot read: {problem.strerror}", where=str(path)) from None
 
 
+def write_text_file(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` atomically; a folder or an OS problem is an OutputError naming the file."""
+    if path.is_dir():
+        raise OutputError("is a folder, expected a file", where=str(path))
+    try:
+        write_text_atomic(path, text)
+    except OSError as problem:
+        raise OutputError(f"cannot write: {problem.strerror}", where=str(path)) from None
+
+
 def load_presets(path: Path | None) -> PresetDocument:
     """The presets in ``path``, or LBW's built-in defaults when ``path`` is None."""
     if path is None:
@@ -87,7 +97,7 @@ def add_command(
     preset = parse_weights(weights)
     doc = load_presets(file) if file.exists() else PresetDocument((), where=str(file))
     updated = doc.with_preset(preset, replace_existing=replace)
-    write_text_atomic(file, updated.text())
+    write_text_file(file, updated.text())
     verb = "replaced" if preset.name in doc.names() else "added"
     print(f"{verb} {preset.name} ({preset.layout.name}) in {file}")
 
@@ -117,7 +127,7 @@ def init_command(
     """Write LBW's default presets to a new file."""
     if file.exists() and not force:
         raise OutputError("exists; pass --force to overwrite", where=str(file))
-    write_text_atomic(file, DEFAULT_PRESETS_TEXT)
+    write_text_file(file, DEFAULT_PRESETS_TEXT)
     print(f"wrote {len(default_presets().names())} default presets to {file}")
 
 

@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING
 import typer
 
 from lbw.domain.hints import HintRow, hint_rows, hint_table, select_hints
-from lbw.domain.layouts import Layout, canonical_block_id, layout_named
+from lbw.domain.layouts import Layout, canonical_block_id
 from lbw.domain.numbers import format_number, parse_number
 from lbw.domain.prompt import LEGACY_WARNING
+from lbw.domain.sdscripts import BlockDims, parse_block_dims
 from lbw.domain.sheet import LIST_KINDS, OUTPUT_KEYS, Sheet, SheetOutputs, sheet_outputs
 from lbw.domain.sheet_file import sheet_from_toml, sheet_to_toml
 from lbw.domain.weights import BlockWeights, parse_weights
 from lbw.errors import OutputError, SheetError
-from lbw.files.atomic import write_text_atomic
-from lbw.interfaces.cli.presets import load_presets, read_text_file
+from lbw.interfaces.cli.presets import load_presets, read_text_file, write_text_file
+from lbw.interfaces.cli.weights import AlphasOption, ConvAlphasOption, ConvDimsOption, DimsOption, layout_option
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,9 +37,12 @@ _LIST_TITLES = {"sub": "Sub", "add": "Add", "subadd": "SubAdd", "addsub": "AddSu
 ALL = "all"
 
 
-def split_ids(text: str) -> list[str]:
-    """Block IDs from ``"IN01,IN02 OUT03"`` (commas and/or spaces; ``MID`` accepted)."""
-    return [canonical_block_id(t) for t in text.replace(",", " ").split()]
+def split_ids(text: str, layout_ids: Sequence[str] = ()) -> list[str]:
+    """Block IDs from ``"IN01,IN02 OUT03"`` (commas and/or spaces; ``MID`` accepted; ``all`` = ``layout_ids``)."""
+    ids: list[str] = []
+    for token in text.replace(",", " ").split():
+        ids.extend(layout_ids if token.lower() == ALL and layout_ids else [canonical_block_id(token)])
+    return ids
 
 
 def _assignments(items: list[str], sheet: Sheet) -> tuple[dict[str, float], list[str]]:
@@ -64,14 +68,19 @@ def load_sheet(path: Path) -> Sheet:
 
 def save_sheet(path: Path, sheet: Sheet) -> None:
     """Write a sheet file atomically."""
-    write_text_atomic(path, sheet_to_toml(sheet))
+    write_text_file(path, sheet_to_toml(sheet))
 
 
 def print_outputs(
-    sheet: Sheet, *, as_json: bool = False, only: str | None = None, legacy_tag: bool = False
+    sheet: Sheet,
+    *,
+    as_json: bool = False,
+    only: str | None = None,
+    legacy_tag: bool = False,
+    dims: BlockDims | None = None,
 ) -> None:
     """Print the sheet's outputs: JSON, one output alone (``only``), or the readable report."""
-    outputs = sheet_outputs(sheet, legacy_tag=legacy_tag)
+    outputs = sheet_outputs(sheet, legacy_tag=legacy_tag, dims=dims)
     if legacy_tag:
         typer.echo(f"lbw: warning: {LEGACY_WARNING}", err=True)
     if only is not None:
@@ -118,7 +127,7 @@ def print_sheet_report(sheet: Sheet, outputs: SheetOutputs) -> None:
             f"{title} Prompt S/R", chosen.prompt_sr(), f"(X/Y/Z plot X values; {len(chosen.entries)} cells)"
         )
     section("Effective Block Analyzer Blocks", outputs.eba_blocks or "(empty: every block is fixed)")
-    section("sd-scripts lr_weight", outputs.sd_scripts.text(), "(--network_args)")
+    section("sd-scripts block arguments", outputs.sd_scripts.text(), "(--network_args)")
     for line in outputs.sd_scripts.notes:
         console.print(f"  [dim]note: {line}[/]")
     section("Prompt tag", outputs.prompt_tag, "(for the Sub and SubAdd lists)")
@@ -158,9 +167,9 @@ def _fixed_from_options(
     if fixed is not None and unfixed is not None:
         raise SheetError("give --fixed or --unfixed, not both")
     if fixed is not None:
-        return split_ids(fixed)
+        return split_ids(fixed, weights_layout_ids)
     if unfixed is not None:
-        open_ids = set(split_ids(unfixed))
+        open_ids = set(split_ids(unfixed, weights_layout_ids))
         unknown = sorted(open_ids - set(weights_layout_ids))
         if unknown:
             raise SheetError(
@@ -190,13 +199,18 @@ def render_command(
     only: str | None = typer.Option(
         None, "--only", help=f"Print one output alone: {', '.join(OUTPUT_KEYS)}."
     ),
+    dims: DimsOption = None,
+    alphas: AlphasOption = None,
+    conv_dims: ConvDimsOption = None,
+    conv_alphas: ConvAlphasOption = None,
 ) -> None:
     """Compute every sheet output from a weight string and the fixed/unfixed blocks."""
     parsed = parse_weights(weights)
     fixed_ids = _fixed_from_options(parsed.layout.ids, fixed, unfixed)
     sheet = Sheet.from_weights(parsed, fixed=fixed_ids, step=step, name=name)
     sheet = replace(sheet, lower=lower, upper=upper, lora=lora)
-    print_outputs(sheet, as_json=as_json, only=only, legacy_tag=legacy_tag)
+    block_dims = parse_block_dims(dims, alphas, conv_dims, conv_alphas, layout=sheet.layout)
+    print_outputs(sheet, as_json=as_json, only=only, legacy_tag=legacy_tag, dims=block_dims)
 
 
 def new_command(
@@ -214,11 +228,14 @@ def new_command(
     if file.exists() and not force:
         raise OutputError("exists; pass --force to overwrite", where=str(file))
     if weights is not None:
-        sheet = Sheet.from_weights(parse_weights(weights), fixed=split_ids(fixed or ""), step=step, name=name)
+        parsed = parse_weights(weights)
+        fixed_ids = split_ids(fixed or "", parsed.layout.ids)
+        sheet = Sheet.from_weights(parsed, fixed=fixed_ids, step=step, name=name)
     else:
         if name is None:
             raise SheetError("a new sheet needs --name (or --weights NAME:...)")
-        sheet = Sheet.new(name, layout_named(layout), value, step).fix(split_ids(fixed or ""))
+        sheet = Sheet.new(name, layout_option(layout, "--layout"), value, step)
+        sheet = sheet.fix(split_ids(fixed or "", sheet.layout.ids))
     if lora is not None:
         sheet = replace(sheet, lora=lora)
     save_sheet(file, sheet)
@@ -294,9 +311,15 @@ def show_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every output."),
     only: str | None = typer.Option(None, "--only", help="Print one output alone."),
     legacy_tag: bool = typer.Option(False, "--legacy-tag", help="Old positional prompt tag."),
+    dims: DimsOption = None,
+    alphas: AlphasOption = None,
+    conv_dims: ConvDimsOption = None,
+    conv_alphas: ConvAlphasOption = None,
 ) -> None:
     """Show a sheet file's state and every output."""
-    print_outputs(load_sheet(file), as_json=as_json, only=only, legacy_tag=legacy_tag)
+    sheet = load_sheet(file)
+    block_dims = parse_block_dims(dims, alphas, conv_dims, conv_alphas, layout=sheet.layout)
+    print_outputs(sheet, as_json=as_json, only=only, legacy_tag=legacy_tag, dims=block_dims)
 
 
 def _print_state(file: Path, sheet: Sheet) -> None:
@@ -312,6 +335,8 @@ def hints_command(
     layout: str = typer.Option("26", "--layout", help="Layout for the side-by-side table without a sheet."),
 ) -> None:
     """List the hint rows (LBW defaults, the sheet's hints, your presets) or show some side by side."""
+    if sheet_file is not None and weights is not None:
+        raise SheetError("give --sheet or --weights, not both")
     rows = hint_rows(load_presets(presets) if presets is not None else None)
     current = load_sheet(sheet_file).weights if sheet_file is not None else None
     if weights is not None:
@@ -320,7 +345,7 @@ def hints_command(
         _list_hints(rows)
         return
     chosen = select_hints(rows, [n.strip() for n in (names or "").split(",") if n.strip()])
-    target = current.layout if current is not None else layout_named(layout)
+    target = current.layout if current is not None else layout_option(layout, "--layout")
     _print_side_by_side(current, chosen, target)
 
 

@@ -1,17 +1,22 @@
-"""``lbw weights``: parse, show and convert weight vectors (instant: standard library + typer only).
+"""``lbw weights``: parse, show and convert weight vectors, sd-scripts arguments (instant: stdlib + typer).
 
 Example:
     $ lbw weights parse "DUMMY17:1,1,2,4,5,7,8,1,3,4,5,6,7,8,9,10,11" --to 26
     DUMMY17:1,0,1,2,0,4,5,0,7,8,0,0,0,1,0,0,0,3,4,5,6,7,8,9,10,11
+    $ lbw weights sdscripts --dims 2,4,4,4,8,8,8,8,12,12,12,12,16,12,12,12,12,8,8,8,8,4,4,4,2,2 --alphas 1
+    "block_dims=4,4,4,8,8,8,8,12,12,12,12,16,12,12,12,12,8,8,8,8,4,4,4,2,2" "block_alphas=1,1,...,1"
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
 from lbw.domain.convert import convert
 from lbw.domain.inspire import inspire_to_lbw, lbw_to_inspire, parse_inspire_vector, parse_present_blocks
-from lbw.domain.layouts import layout_named
+from lbw.domain.layouts import Layout, layout_named
+from lbw.domain.sdscripts import network_args, parse_block_dims
 from lbw.domain.weights import BlockWeights, format_value, parse_weights
 from lbw.errors import WeightsError
 
@@ -21,6 +26,16 @@ INSPIRE = "inspire"
 def note(message: str) -> None:
     """A side remark on stderr, so stdout stays ready to copy."""
     typer.echo(f"lbw: note: {message}", err=True)
+
+
+def layout_option(text: str, option: str = "--to") -> Layout:
+    """The layout an option names (``26``, ``SD26``, ``xl12``...), or a WeightsError naming the option."""
+    try:
+        return layout_named(text)
+    except WeightsError:
+        raise WeightsError(
+            f"{option} {text!r} is not a layout; expected 26, 17, 20, 12 or 61 (or SD26, SD17, XL20, XL12, FLUX61)"
+        ) from None
 
 
 def _parse_resolved(text: str, seed: int | None, x: float) -> BlockWeights:
@@ -37,7 +52,9 @@ def parse_command(
         ..., help='Weights: "NAME:v1,...,vN" or "v1,...,vN" (N = 12, 17, 20, 26, 61).'
     ),
     to: str | None = typer.Option(None, "--to", help="Convert to this layout: 26, 17, 20, 12 (or SD26...)."),
-    fill: float = typer.Option(0.0, "--fill", help="Value for blocks added by 17->26 / 12->20 (LBW uses 0)."),
+    fill: float | None = typer.Option(
+        None, "--fill", help="Value for blocks added by --to 26 (from 17) / --to 20 (from 12); LBW uses 0."
+    ),
     allow_drop: bool = typer.Option(
         False, "--allow-drop", help="Allow 26->17 / 20->12 to drop non-zero blocks."
     ),
@@ -45,9 +62,11 @@ def parse_command(
     x: float = typer.Option(1.0, "--x", help="Value of X when resolving (LBW default 1)."),
 ) -> None:
     """Parse a weight string and print it in canonical form (optionally converted)."""
+    if fill is not None and to is None:
+        raise WeightsError("--fill only applies when converting: add --to 26 (or --to 20)")
     weights = _parse_resolved(text, seed, x)
     if to is not None:
-        conversion = convert(weights, layout_named(to), fill=fill, allow_drop=allow_drop)
+        conversion = convert(weights, layout_option(to), fill=fill or 0.0, allow_drop=allow_drop)
         for line in conversion.notes():
             note(line)
         weights = conversion.weights
@@ -96,7 +115,7 @@ def convert_command(
         if target == INSPIRE:
             raise WeightsError("--from inspire needs --to 26, 20 or 61")
         result = inspire_to_lbw(
-            parse_inspire_vector(text), parse_present_blocks(present or ""), layout_named(to), name=name
+            parse_inspire_vector(text), parse_present_blocks(present or ""), layout_option(to), name=name
         )
         for line in result.notes:
             note(line)
@@ -111,10 +130,45 @@ def convert_command(
             note(line)
         print(vector.text())
         return
-    conversion = convert(weights, layout_named(to), fill=fill, allow_drop=allow_drop)
+    conversion = convert(weights, layout_option(to), fill=fill, allow_drop=allow_drop)
     for line in conversion.notes():
         note(line)
     print(conversion.weights.format())
+
+
+_PER_BLOCK = "a vector (26/17 SD, 20/12 SDXL values; BASE is ignored) or one number for every block"
+# The four sd-scripts rank/alpha options, shared by `weights sdscripts` and `sheet render|show`.
+DimsOption = Annotated[str | None, typer.Option("--dims", help=f"block_dims, a rank per block: {_PER_BLOCK}.")]
+AlphasOption = Annotated[str | None, typer.Option("--alphas", help=f"block_alphas: {_PER_BLOCK}.")]
+ConvDimsOption = Annotated[
+    str | None, typer.Option("--conv-dims", help=f"conv_block_dims (3x3 conv ranks): {_PER_BLOCK}.")
+]
+ConvAlphasOption = Annotated[str | None, typer.Option("--conv-alphas", help=f"conv_block_alphas: {_PER_BLOCK}.")]
+
+
+def sdscripts_command(
+    text: str | None = typer.Argument(
+        None, help="LBW weights for down/mid/up_lr_weight (optional when --dims is given)."
+    ),
+    dims: DimsOption = None,
+    alphas: AlphasOption = None,
+    conv_dims: ConvDimsOption = None,
+    conv_alphas: ConvAlphasOption = None,
+    layout: str | None = typer.Option(
+        None, "--layout", help="Layout for single numbers when no vector says it: 26 (SD, default) or 20 (SDXL)."
+    ),
+) -> None:
+    """sd-scripts --network_args: block lr weights from LBW weights, block_dims/alphas from a rank per block."""
+    weights = parse_weights(text) if text is not None else None
+    if layout is not None:
+        target = layout_option(layout, "--layout")
+    else:
+        target = weights.layout if weights is not None else None
+    block_dims = parse_block_dims(dims, alphas, conv_dims, conv_alphas, layout=target)
+    result = network_args(weights, block_dims)
+    print(result.text())
+    for line in result.notes:
+        note(line)
 
 
 def register(app: typer.Typer) -> None:
@@ -123,4 +177,5 @@ def register(app: typer.Typer) -> None:
     group.command("parse")(parse_command)
     group.command("show")(show_command)
     group.command("convert")(convert_command)
+    group.command("sdscripts")(sdscripts_command)
     app.add_typer(group, name="weights")
