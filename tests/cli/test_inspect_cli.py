@@ -29,10 +29,13 @@ def test_table_output(sd15: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == str(sd15)
-    assert lines[1].startswith("architecture   sd1  (cross-attention context width 768)")
+    assert lines[1] == ("architecture   sd1  (keys: cross-attention context width 768; metadata agrees: "
+                        "ss_base_model_version, modelspec.architecture)")
     assert "naming         kohya" in lines
     assert "adapter types  lora" in lines
     assert "layout         SD17 (17 values); Inspire vector: 17 values" in lines
+    assert ("Inspire blocks input.1,input.2,input.4,input.5,input.7,input.8,middle.1,output.3,output.4,output.5,"
+            "output.6,output.7,output.8,output.9,output.10,output.11") in lines
     assert "modules        264 (0 unmapped)" in lines
     assert "tensors        792 (F16 x792); 2,359,560 parameters" in lines
     block_rows = [line for line in lines if line.startswith(("BASE ", "IN01 ", "OUT11 "))]
@@ -67,6 +70,46 @@ def test_compare_two_files(folder: Path, sd15: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     m00 = next(line for line in out.splitlines() if line.startswith("M00 "))
     assert m00.split()[1:3] == ["12", "12"] and m00.split()[5] == "2.000"
+
+
+def test_metadata_disagreement_is_shown(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    liar = write_fixture("sdxl", folder / "liar.safetensors", rank=2, select="middle_block_1_transformer_blocks_0_",
+                         text_encoder=False, metadata={"ss_base_model_version": "sd_v1"})
+    assert run(["inspect", str(liar), "--no-hash", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == ("architecture   sdxl  (keys: SGM UNet names (input_blocks/middle_block/output_blocks); "
+                        "cross-attention context width 2048; metadata agrees: modelspec.architecture)")
+    assert "warning: metadata ss_base_model_version = 'sd_v1' says sd1, but the keys say sdxl" in lines
+
+
+def test_ia3_and_no_norms_show_no_strength(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ia3 = write_fixture("sd15_ia3", folder / "ia3.safetensors", rank=2, select="mid_block|layers_0_self_attn_q")
+    assert run(["inspect", str(ia3), "--no-hash", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == ("architecture   sd1  (keys: text encoder lora_te_ with width 768; metadata agrees: "
+                        "ss_base_model_version, modelspec.architecture)")
+    m00 = next(line for line in lines if line.startswith("M00 "))
+    assert m00.split() == ["M00", "10", "25,610", "-", "-", "-", "-"]
+    assert "note: IA3 modules have no norm without the base model (ΔW = W0 ⊙ w); they count 0" in lines
+
+
+@pytest.mark.parametrize(("kind", "summary"), [
+    ("sd15_locon", ["adapter types  lora", "layout         SD26 (26 values); Inspire vector: 27 values"]),
+    ("sdxl_locon", ["adapter types  lora", "layout         XL20 (20 values); Inspire vector: 21 values"]),
+    ("sd15_lokr", ["naming         lycoris", "adapter types  lokr",
+                   "layout         SD26 (26 values); Inspire vector: 28 values",
+                   "modules        282 (3 unmapped)"]),
+    ("sd15_dora", ["adapter types  dora", "layout         SD17 (17 values); Inspire vector: 17 values"]),
+    ("flux", ["architecture   flux  (keys: Flux double/single blocks or T5 (lora_te3_) keys; metadata agrees: "
+              "ss_base_model_version, modelspec.architecture)",
+              "layout         FLUX61 (61 values); Inspire vector: 58 values", "modules        228 (0 unmapped)"]),
+])
+def test_summary_of_other_kinds(folder: Path, capsys: pytest.CaptureFixture[str], kind: str,
+                                summary: list[str]) -> None:
+    path = write_fixture(kind, folder / f"{kind}.safetensors", rank=2, alpha=1, text_encoder=False)
+    assert run(["inspect", str(path), "--no-hash", "--no-norms"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line in lines for line in summary), lines[:9]
 
 
 def test_malformed_file_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -232,3 +232,15 @@ def test_header_length_beyond_file_through_lora_file(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<Q", len(blob) + 10) + blob)
     with pytest.raises(LoraFileError, match="runs past the end of the file"):
         LoraFile.open(path)
+
+
+@pytest.mark.parametrize(("kind", "select", "evidence"), [
+    ("sd15_lokr", "attn2_to_k", "cross-attention context width 768"),
+    ("sd15_lokr_tucker", "attn2_to_v", "cross-attention context width 768"),
+    ("sd15_ia3", "layers_0_self_attn_q", "text encoder lora_te_ with width 768"),
+])
+def test_lokr_and_ia3_shapes_are_evidence(folder: Path, kind: str, select: str, evidence: str) -> None:
+    path = write_fixture(kind, folder / f"{kind}_arch.safetensors", rank=2, select=select,
+                         metadata={"ss_base_model_version": "", "modelspec.architecture": ""})
+    report = LoraFile.open(path).architecture_report
+    assert (report.name, report.evidence, report.warnings) == ("sd1", (evidence,), ())

@@ -135,3 +135,16 @@ def test_malformed_input_is_refused_in_one_line(tmp_path) -> None:
         edit_meta(bad, MetaChanges(author="x"))
     with pytest.raises(LoraFileError, match=r"old.ckpt: is a pickle checkpoint"):
         show_meta(tmp_path / "old.ckpt")
+
+
+def test_in_place_edit_keeps_the_file_permissions(lora) -> None:
+    lora.chmod(0o644)
+    result = edit_meta(lora, MetaChanges(author="me"))
+    assert lora.stat().st_mode & 0o777 == 0o644
+    assert result.backup is not None and result.backup.stat().st_mode & 0o777 == 0o644
+
+
+def test_flux_sidecar_says_unknown_not_sd1(tmp_path) -> None:
+    flux = write_fixture("flux", tmp_path / "flux.safetensors", rank=1, select="single_blocks_0_")
+    result = edit_meta(flux, MetaChanges(), sidecar=SidecarChanges(activation_text="x"))
+    assert json.loads(result.sidecar.read_text(encoding="utf-8")) == {"activation text": "x", "sd version": "Unknown"}

@@ -135,7 +135,7 @@ def _key_votes(modules: Mapping[str, Shapes]) -> tuple[dict[str, list[str]], dic
                 vote(strong, "sd2", f"text encoder {label} with width 1024")
             elif width == 768:
                 vote(weak, "sd1", f"text encoder {label} with width 768")
-        if _CROSS_KV.search(name) and width:
+        if _CROSS_KV.search(name) and width and "weight" not in shapes:  # an IA3 vector may be the out width
             arch = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width)
             if arch:
                 vote(strong, arch, f"cross-attention context width {width}")
@@ -145,11 +145,20 @@ def _key_votes(modules: Mapping[str, Shapes]) -> tuple[dict[str, list[str]], dic
 
 
 def _in_features(shapes: Shapes) -> int | None:
-    """The input width of a module from its down factor (lora_down, hada_w1_b or diff)."""
+    """The input width of a module: from its down factor (lora_down, hada_w1_b, diff), the product of the two
+    Kronecker factors' inputs (linear LoKr), or the length of an IA3 vector (its output width, or its input
+    width with on_input: equal for the square q/k/v projections of a text encoder)."""
     for role in ("lora_down", "hada_w1_b", "diff"):
         shape = shapes.get(role)
         if shape is not None and len(shape) >= 2:
             return int(shape[1])
+    w1 = shapes.get("lokr_w1", shapes.get("lokr_w1_b"))
+    w2 = shapes.get("lokr_w2", shapes.get("lokr_w2_b"))
+    if w1 is not None and w2 is not None and len(w1) == 2 and len(w2) == 2 and "lokr_t2" not in shapes:
+        return int(w1[1]) * int(w2[1])
+    weight = shapes.get("weight")
+    if weight is not None and len(weight) == 1:
+        return int(weight[0])
     return None
 
 

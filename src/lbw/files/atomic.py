@@ -37,6 +37,8 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         raise OutputError(f"cannot write into {directory}: {error.strerror}", where=str(dest)) from None
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the result the mode a plain open() would (or the replaced file's mode).
+    os.chmod(tmp, dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~_umask())
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -70,3 +72,9 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -26,6 +26,7 @@ from lbw.errors import LoraFileError
 from lbw.files.architecture import ArchitectureReport, detect_architecture
 from lbw.files.modules import AlphaReader, Module, UnsupportedModule, build_modules, collect_roles
 from lbw.files.naming import file_family
+from lbw.files.peft_config import ADAPTER_METADATA_KEY, adapter_configs
 from lbw.files.safetensors_header import Header, read_header
 
 if TYPE_CHECKING:
@@ -49,7 +50,9 @@ class LoraFile:
                   for group in groups.modules}
         self.architecture_report: ArchitectureReport = detect_architecture(shapes, header.metadata)
         self._alphas = AlphaReader(header)
-        modules, unsupported = build_modules(groups, self.architecture_report.name, self._alphas)
+        self.adapter_configs = adapter_configs(header.metadata, str(header.path))
+        modules, unsupported = build_modules(groups, self.architecture_report.name, self._alphas,
+                                             self.adapter_configs)
         self.modules: tuple[Module, ...] = tuple(modules)
         self.unsupported: tuple[UnsupportedModule, ...] = tuple(unsupported)
         self.unrecognized_keys: tuple[str, ...] = groups.unrecognized_keys
@@ -96,6 +99,7 @@ class LoraFile:
             more = f" and {len(self.unrecognized_keys) - 3} more" if len(self.unrecognized_keys) > 3 else ""
             notes.append(f"{len(self.unrecognized_keys)} tensor keys match no LoRA naming scheme: {shown}{more}")
         notes.extend(self._layout_notes)
+        notes.extend(self._config_alpha_notes())
         return tuple(notes)
 
     @property
@@ -190,12 +194,24 @@ class LoraFile:
         except KeyError:
             raise LoraFileError(f"no module named {name!r}", where=str(self.path)) from None
 
+    def _config_alpha_notes(self) -> list[str]:
+        scaled = [m for m in self.modules if m.config_alpha is not None and m.config_alpha != m.rank]
+        if not scaled:
+            return []
+        scales = sorted({m.config_alpha / m.rank for m in scaled if m.rank})
+        shown = ", ".join(f"{scale:.4g}" for scale in scales[:3]) + (", …" if len(scales) > 3 else "")
+        return [f"{len(scaled)} PEFT modules take alpha from metadata {ADAPTER_METADATA_KEY} (scale alpha/r = "
+                f"{shown}), as diffusers does; A1111 and ComfyUI read no alpha for PEFT keys and apply scale 1"]
+
     # --- tensor data --------------------------------------------------------------------------------------
 
     def module_tensors(
         self, module: Module, device: str | None = None, roles: Sequence[str] | None = None
     ) -> dict[str, torch.Tensor]:
         """The module's tensors by role (all, or the given ``roles``), as stored (dtype kept), memory-mapped.
+
+        A PEFT module whose alpha comes from the ``lora_adapter_metadata`` config gets it as an ``alpha`` role
+        (``with_config_alpha``), so every adapter formula sees the same alpha/rank scale as diffusers.
 
         Example:
             >>> lora.module_tensors(lora.modules[0])["lora_down"].shape
@@ -204,10 +220,13 @@ class LoraFile:
         handle = self._open_handle()
         wanted = module.roles if roles is None else roles
         try:
-            tensors = {role: handle.get_tensor(module.keys[role]) for role in wanted}
+            tensors = {role: handle.get_tensor(module.keys[role]) for role in wanted
+                       if role != "alpha" or role in module.keys}
         except Exception as error:  # safetensors raises its own error types
             raise LoraFileError(f"cannot read tensors of module {module.name}: {error}",
                                 where=str(self.path)) from None
+        if roles is None or "alpha" in roles:
+            tensors = with_config_alpha(module, tensors)
         if device is not None and device != "cpu":
             tensors = {role: tensor.to(device) for role, tensor in tensors.items()}
         return tensors
@@ -276,3 +295,20 @@ class LoraFile:
                      "LBW cannot address them",)
         layout = full if present - set(short.ids) else short
         return layout, notes
+
+
+def with_config_alpha(module: Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` plus an ``alpha`` scalar (float32) when the module's alpha comes from the PEFT adapter config
+    in the metadata rather than from a tensor, so the adapter math applies the right alpha/rank scale.
+
+    Writers must not save this ``alpha`` as a tensor of a PEFT file: the metadata already holds it.
+
+    Example:
+        >>> float(with_config_alpha(peft_module, {"lora_up": up, "lora_down": down})["alpha"])
+        4.0
+    """
+    if module.config_alpha is None or "alpha" in module.keys or "alpha" in tensors:
+        return tensors
+    import torch
+
+    return {**tensors, "alpha": torch.tensor(module.config_alpha, dtype=torch.float32)}

@@ -248,11 +248,15 @@ def describe_image_value(key: str, value: str) -> str:
 
 def sd_version(metadata: Mapping[str, str]) -> str:
     """The sidecar's "sd version" as A1111 derives it: SDXL for ``ss_base_model_version`` ``sdxl_*``, SD2 for
-    ``ss_v2 == "True"``, SD1 when there is any metadata, else Unknown.
+    ``ss_v2 == "True"``, SD1 when there is any metadata, else Unknown. One exception: a FLUX LoRA (by
+    ``ss_base_model_version`` or ``modelspec.architecture``) is Unknown, which no UI hides, rather than the SD1
+    that A1111's rule would give it.
 
-    >>> sd_version({"ss_base_model_version": "sdxl_base_v1-0"}), sd_version({})
-    ('SDXL', 'Unknown')
+    >>> sd_version({"ss_base_model_version": "sdxl_base_v1-0"}), sd_version({}), sd_version({"ss_v2": "False"})
+    ('SDXL', 'Unknown', 'SD1')
     """
+    if base_family(metadata) == "flux":
+        return "Unknown"
     if metadata.get("ss_base_model_version", "").startswith("sdxl_"):
         return "SDXL"
     if metadata.get("ss_v2") == "True":

@@ -2,7 +2,8 @@
 
 A module is one adapted layer: its tensors keyed by role (``lora_up``, ``hada_w1_a``, ...), its adapter kind,
 its LBW block and Inspire bucket, rank, shapes and dtype. ``alpha`` is read lazily from the file (a scalar per
-module, read straight from the data region); a missing alpha means alpha = rank.
+module, read straight from the data region); PEFT modules, which have no alpha tensor, take it from the
+``lora_adapter_metadata`` config (``lbw.files.peft_config``); otherwise a missing alpha means alpha = rank.
 
 Example:
     >>> groups = collect_roles(read_header("style.safetensors"))
@@ -25,6 +26,7 @@ from lbw.adapters.kinds import AdapterKind, kind_of_roles, rank_of
 from lbw.domain.keymap import block_of, inspire_bucket
 from lbw.errors import AdapterError, LoraFileError
 from lbw.files.naming import split_key
+from lbw.files.peft_config import AdapterConfig, config_alpha
 from lbw.files.safetensors_header import Header, TensorInfo
 
 # struct formats of the scalar dtypes an alpha can be stored in (BF16 is widened by hand).
@@ -117,12 +119,14 @@ class Module:
     family: str
     params: int
     _alphas: AlphaReader = field(repr=False)
+    config_alpha: float | None = None
 
     @cached_property
     def stored_alpha(self) -> float | None:
-        """The alpha stored in the file, or None when the module has none."""
+        """The alpha stored in the file: its ``alpha`` tensor, else the PEFT adapter config's (``config_alpha``),
+        else None."""
         key = self.keys.get("alpha")
-        return None if key is None else self._alphas.alpha(key)
+        return self.config_alpha if key is None else self._alphas.alpha(key)
 
     @property
     def alpha(self) -> float | None:
@@ -168,9 +172,14 @@ def collect_roles(header: Header) -> Groups:
 
 
 def build_modules(
-    groups: Groups, architecture: str | None, alphas: AlphaReader
+    groups: Groups,
+    architecture: str | None,
+    alphas: AlphaReader,
+    configs: Mapping[str, AdapterConfig] | None = None,
 ) -> tuple[list[Module], list[UnsupportedModule]]:
     """Classify each role group (kind, rank, block); groups that form no known kind are returned apart.
+
+    ``configs`` (from ``adapter_configs``) gives the alpha of PEFT modules that have no alpha tensor.
 
     Example:
         >>> modules, unsupported = build_modules(collect_roles(header), "sdxl", AlphaReader(header))
@@ -197,8 +206,16 @@ def build_modules(
             family=group.family,
             params=sum(info.numel for info in group.tensors.values()),
             _alphas=alphas,
+            config_alpha=_config_alpha(group, rank, configs),
         ))
     return modules, unsupported
+
+
+def _config_alpha(group: RoleGroup, rank: int | None, configs: Mapping[str, AdapterConfig] | None) -> float | None:
+    """The alpha a PEFT adapter config gives this module (only PEFT modules without an alpha tensor)."""
+    if not configs or group.family != "peft" or "alpha" in group.tensors or rank is None:
+        return None
+    return config_alpha(configs, group.name, rank)
 
 
 def natural_key(name: str) -> tuple[object, ...]:

@@ -207,8 +207,11 @@ def edit_meta(
     if diff or out is not None or rehash:
         if out is None and backup:
             backup_path = _backup_once(path)
+        mode = path.stat().st_mode & 0o7777
         written = rewrite_metadata(path, target, planned, force=force)
         written_path = written.path
+        if out is None:
+            os.chmod(written_path, mode)  # an in-place edit keeps the file's permissions
         hashes = {MODEL_HASH_KEY: written.model_hash, LEGACY_HASH_KEY: written.legacy_hash}
         for key in (MODEL_HASH_KEY, LEGACY_HASH_KEY):
             if current.get(key) != hashes[key]:
@@ -249,8 +252,10 @@ def _backup_once(path: Path) -> Path | None:
     backup = path.with_name(path.name + BACKUP_SUFFIX)
     if backup.exists():
         return None
-    with open(path, "rb") as source, atomic_path(backup) as tmp, open(tmp, "wb") as copy:
-        shutil.copyfileobj(source, copy, 1 << 20)
+    with open(path, "rb") as source, atomic_path(backup) as tmp:
+        with open(tmp, "wb") as copy:
+            shutil.copyfileobj(source, copy, 1 << 20)
+        shutil.copymode(path, tmp)
     return backup
 
 

@@ -66,13 +66,13 @@ def show_report(console: Console, report: InspectReport, *, full_values: bool = 
     """Print the summary, the per-block table with bars, the metadata groups and the hash check."""
     console.print(f"[bold]{escape(str(report.path))}[/bold]")
     dtypes = ", ".join(f"{name} x{count}" for name, count in report.dtypes.items())
-    evidence = "; ".join(report.architecture_evidence) or "-"
     summary = (
-        ("architecture", f"{report.architecture}  ({evidence})"),
+        ("architecture", f"{report.architecture}  ({_architecture_evidence(report)})"),
         ("naming", report.naming),
         ("adapter types", ", ".join(report.adapter_types) or "-"),
         ("layout", f"{report.layout.name} ({len(report.layout)} values); Inspire vector: "
                    f"{report.inspire_length} values"),
+        ("Inspire blocks", ",".join(f"{bucket}.{number}" for bucket, number in report.inspire_blocks) or "-"),
         ("modules", f"{report.module_count} ({len(report.unmapped_modules)} unmapped)"),
         ("tensors", f"{report.tensor_count} ({dtypes}); {report.parameter_count:,} parameters"),
         ("file size", f"{report.file_size:,} bytes ({report.file_size / 1e6:.1f} MB)"),
@@ -112,7 +112,8 @@ def show_comparison(console: Console, comparison: CompareReport) -> None:
                       f"{row.b.norm:.4g}", ratio, bars)
     console.print(table)
     console.print(f"total ΣΔW: A {a.total_norm:.4g}, B {b.total_norm:.4g}")
-    for warning in comparison.warnings:
+    own = [f"{label}: {warning}" for label, report in (("A", a), ("B", b)) for warning in report.warnings]
+    for warning in [*comparison.warnings, *own]:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
 
 
@@ -126,11 +127,25 @@ def _block_table(report: InspectReport) -> Any:
     table.add_column("", no_wrap=True)
     rows = [*report.blocks.values(), *([report.unmapped] if report.unmapped.modules else [])]
     top = max([stats.share for stats in rows] + [0.0])
+    measured = report.total_norm > 0  # 0: --no-norms, or only IA3 modules (no norm without the base model)
     for stats in rows:
+        norm, share = (f"{stats.norm:.4g}", f"{stats.share:.1f}%") if measured else ("-", "-")
         table.add_row(stats.block, str(stats.modules), f"{stats.params:,}", _numbers(stats.ranks),
-                      _numbers(stats.alphas), f"{stats.norm:.4g}", f"{stats.share:.1f}%",
-                      _bar(stats.share, top, "█"))
+                      _numbers(stats.alphas), norm, share, _bar(stats.share, top, "█"))
     return table
+
+
+def _architecture_evidence(report: InspectReport) -> str:
+    """Why the architecture was chosen: the key evidence and the metadata keys that agree (a disagreement is
+    one of the warnings)."""
+    from lbw.files.architecture import metadata_architectures
+
+    evidence = "; ".join(report.architecture_evidence) or "no evidence"
+    if not report.architecture_evidence or report.architecture_evidence[0].startswith("metadata "):
+        return evidence  # nothing in the keys: the metadata decided
+    flat = {key: value for group in report.metadata.values() for key, value in group.items()}
+    agreeing = [key for key, arch in metadata_architectures(flat).items() if arch == report.architecture]
+    return f"keys: {evidence}" + (f"; metadata agrees: {', '.join(agreeing)}" if agreeing else "")
 
 
 def _show_metadata(console: Console, report: InspectReport, full_values: bool) -> None:
@@ -148,10 +163,12 @@ def _show_metadata(console: Console, report: InspectReport, full_values: bool) -
         for key, value in entries.items():
             if key in IMAGE_KEYS and value and not full_values:
                 shown = describe_image_value(key, value)
-            elif full_values or len(value) <= VALUE_WIDTH:
+            elif full_values:
                 shown = value
             else:
-                shown = f"{value[:VALUE_WIDTH]}… ({len(value):,} characters)"
+                shown = " ".join(value.split())  # one line per key: multi-line JSON is folded
+                if len(shown) > VALUE_WIDTH:
+                    shown = f"{shown[:VALUE_WIDTH]}… ({len(value):,} characters)"
             console.print(f"  [cyan]{escape(key)}[/cyan] = {escape(shown)}", soft_wrap=True)
 
 

@@ -164,6 +164,7 @@ def _pairs(items: list[str]) -> dict[str, str]:
 
 
 def _cut(value: str, full: bool) -> str:
-    if full or len(value) <= VALUE_WIDTH:
+    if full:
         return value
-    return f"{value[:VALUE_WIDTH]}… ({len(value):,} chars)"
+    shown = " ".join(value.split())  # one line per key: multi-line JSON is folded
+    return shown if len(shown) <= VALUE_WIDTH else f"{shown[:VALUE_WIDTH]}… ({len(value):,} chars)"
