@@ -107,3 +107,18 @@ def test_grid_layout_and_plan_chunk(tmp_path):
     assert font_size_for(512) == 25 and font_size_for(64) == 12
     with pytest.raises(RenderError, match="2x2 cells but 1x2 labels"):
         compose_grid([[cell, cell], [cell, cell]], ["a"], ["x", "y"])
+
+
+def test_labels_are_readable_at_512_px_cells():
+    cell = Image.new("RGB", (512, 512), (120, 160, 200))
+    grid = compose_grid([[cell, cell]], ["SubIN01_0\nIN01 = 0"], ["seed 1", "seed 2"], title="face (sub)")
+    pixels = np.asarray(grid).astype(int)
+    ink = (pixels.sum(axis=2) < 200)  # dark text on white
+    cells = np.argwhere((pixels == (120, 160, 200)).all(axis=2))
+    top, left = cells.min(axis=0)
+    header = np.argwhere(ink[:top, left:left + 512])
+    assert header[:, 0].max() - header[:, 0].min() >= 17  # "seed 1": 25 px font, glyphs about 18 px tall
+    assert top - header[:, 0].max() >= 12  # half a line between the header and the cells
+    label = np.argwhere(ink[top:top + 512, :left])
+    assert label[:, 0].max() - label[:, 0].min() >= 45  # two lines of row label
+    assert left - label[:, 1].max() >= 12  # the row label does not touch the cells

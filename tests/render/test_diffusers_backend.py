@@ -195,3 +195,82 @@ def test_sd2_layout_with_linear_projections(tmp_path):
     result = run_plan(plan, DiffusersBackend(device="cpu"), tmp_path / "out")
     zero, one = (np.asarray(result.image(job), int) for job in plan.jobs())
     assert np.abs(zero - one).max() > 20
+
+
+class _SmallMemory(DiffusersBackend):
+    """Fault injection: more than ``fits`` images in one batch runs out of memory (as CUDA would)."""
+
+    def __init__(self, fits: int, **options) -> None:
+        super().__init__(**options)
+        self.fits = fits
+        self.batches: list[int] = []
+
+    def _generate(self, plan, states, seeds, label, on_step):
+        if len(seeds) > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.batches.append(len(seeds))
+        return super()._generate(plan, states, seeds, label, on_step)
+
+
+def test_batches_shrink_when_memory_runs_out(tiny_assets, tmp_path):
+    model, lora = tiny_assets
+    plan = _plan(model, lora, [Cell("ones", (1.0,) * 26)], seeds=(1, 2, 3, 4, 5))
+    backend = _SmallMemory(2, device="cpu", batch_size=8)
+    result = run_plan(plan, backend, tmp_path / "small")
+    assert backend.batches == [2, 2, 1] and backend.batch_size == 2  # 8 -> 4 -> 2, then kept
+    alone = run_plan(plan, DiffusersBackend(device="cpu", batch_size=1), tmp_path / "alone")
+    for job in plan.jobs():
+        diff = np.abs(np.asarray(result.image(job), int) - np.asarray(alone.image(job), int))
+        assert diff.max() <= 2
+    with pytest.raises(RenderError, match=r"out of CPU memory rendering one 64x64 image \(try --dtype fp16"):
+        run_plan(plan, _SmallMemory(0, device="cpu"), tmp_path / "none")
+
+
+def test_cache_keys_cover_everything_that_changes_the_image(tiny_assets, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from lbw.render.cache import CellCache
+    from lbw.render.runner import job_keys
+
+    model, lora = tiny_assets
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    lora_copy = tmp_path / "lora.safetensors"
+    shutil.copy(lora, lora_copy)
+    present = {m.block for m in LoraFile.open(lora).modules}
+    absent = next(b for b in SD26.ids if b not in present)
+    plan = _plan(copy, lora_copy, [Cell("a", (1.0,) * 26)])
+    cache = CellCache(tmp_path / "cache")
+
+    def key(plan: Plan, **options) -> str:
+        backend = DiffusersBackend(device="cpu", **options)
+        backend.prepare(plan)
+        return job_keys(plan, backend, cache)[plan.jobs()[0]]
+
+    base = key(plan)
+    assert key(plan) == base  # stable
+    lowered = tuple(0.5 if b == "IN01" else 1.0 for b in SD26.ids)
+    variants = {
+        "a present block's weight": key(replace(plan, cells=(Cell("a", lowered),))),
+        "seed": key(plan.with_settings(seeds=(2,))),
+        "steps": key(plan.with_settings(steps=3)),
+        "cfg": key(plan.with_settings(cfg=5.0)),
+        "sampler": key(plan.with_settings(sampler="Euler a")),
+        "size": key(plan.with_settings(width=72)),
+        "clip skip": key(plan.with_settings(clip_skip=2)),
+        "prompt": key(plan.with_settings(prompt="other")),
+        "strength": key(replace(plan, loras=(replace(plan.loras[0], strength=0.5),))),
+        "precision": key(plan, dtype="bf16"),
+    }
+    assert len(set(variants.values()) | {base}) == len(variants) + 1, variants
+    other = tuple(0.0 if b == absent else 1.0 for b in SD26.ids)
+    assert key(replace(plan, cells=(Cell("a", other),))) == base  # a block the LoRA has no module in
+    scheduler = copy / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(scheduler.read_text().replace("}", ', "x": 1}', 1))
+    changed = key(plan)
+    assert changed != base  # the model folder's contents are hashed
+    data = bytearray(lora_copy.read_bytes())
+    data[-1] ^= 1
+    lora_copy.write_bytes(bytes(data))
+    assert key(plan) not in (base, changed)  # the LoRA file's contents are hashed

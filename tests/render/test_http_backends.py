@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import io
 import json
+import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,12 +17,13 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from lbw.errors import RenderError
 from lbw.files.lora_file import LoraFile
-from lbw.render.backends.a1111 import A1111Backend, lora_prompt_tag, txt2img_payload
+from lbw.render.backends.a1111 import MODES, A1111Backend, lora_prompt_tag, txt2img_payload, xyz_script_args
 from lbw.render.backends.comfyui import ComfyUIBackend
 from lbw.render.backends.http import HttpClient
 from lbw.render.plan import Cell, LoraSpec, Plan, Settings
@@ -51,6 +55,44 @@ class FakeServer:
         return route(path, query, body)
 
 
+XYZ_CHOICES = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale",
+               "Extra axis of a fork", "Prompt S/R", "Prompt order", "Sampler", "Checkpoint name"]
+XYZ_DEFAULTS = [1, "", [], 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False,
+                "fork-extra", 3]
+
+
+def _lbw_tags(body: dict) -> list[tuple[str, str, str, str | None]]:
+    """(name, te, unet, resolved vector or None) per LoRA tag, resolving presets as LBW does."""
+    presets = {}
+    for title, script in (body.get("alwayson_scripts") or {}).items():
+        if title.lower() == "lora block weight":
+            for line in script["args"][0].splitlines():
+                name, _, values = line.partition(":")
+                presets[name.strip()] = values
+    tags = []
+    for inner in re.findall(r"<lora:([^>]+)>", body["prompt"]):
+        items = inner.split(":")
+        named = dict(item.split("=", 1) for item in items[1:] if "=" in item)
+        positional = [item for item in items[1:] if "=" not in item]
+        te = named.get("te", positional[0] if positional else "1")
+        unet = named.get("unet", positional[1] if len(positional) > 1 else te)
+        weights = named.get("lbw")
+        if weights in presets:
+            weights = presets[weights]
+        elif weights is not None and weights.count(",") + 1 not in (12, 17, 20, 26, 61):
+            weights = None  # LBW silently ignores what it cannot resolve
+        tags.append((items[0], te, unet, weights))
+    return tags
+
+
+def _cell_png(body: dict) -> bytes:
+    """The image a web UI with LBW would make: depends on the resolved weights, not on how they were sent."""
+    plain = re.sub(r"\s*<lora:[^>]+>", "", body["prompt"])
+    state = [plain, body["negative_prompt"], body["seed"], body["steps"], body["cfg_scale"], body["sampler_name"],
+             body.get("scheduler"), body["override_settings"], _lbw_tags(body)]
+    return _png(json.dumps(state, sort_keys=True))
+
+
 class FakeA1111(FakeServer):
     def get_sdapi(self, path, query, body):
         if path == "/sdapi/v1/scripts":
@@ -58,14 +100,24 @@ class FakeA1111(FakeServer):
             if self.options.get("lbw", True):
                 titles.append("lora block weight")
             return 200, {"txt2img": titles, "img2img": []}
+        if path == "/sdapi/v1/script-info":
+            choices = self.options.get("choices", XYZ_CHOICES)
+            args = [{"label": "X type", "value": 1, "choices": choices}]
+            args += [{"label": f"arg {i}", "value": value, "choices": None} for i, value in enumerate(XYZ_DEFAULTS[1:])]
+            return 200, [{"name": "x/y/z plot", "is_alwayson": False, "is_img2img": True, "args": []},
+                         {"name": "x/y/z plot", "is_alwayson": False, "is_img2img": False, "args": args},
+                         {"name": "lora block weight", "is_alwayson": True, "is_img2img": False, "args": []}]
         if path == "/sdapi/v1/loras":
             names = ["face", "style"] + (["late"] if self.refreshed else [])
             return 200, [{"name": n, "alias": n, "path": f"/loras/{n}.safetensors",
                           "metadata": {"sshs_model_hash": f"hash-{n}"}} for n in names]
         if path == "/sdapi/v1/sd-models":
-            return 200, [{"title": "tiny.safetensors [0123abcd]", "model_name": "tiny", "filename": "/m/tiny"}]
+            return 200, [{"title": "tiny.safetensors [0123abcd]", "model_name": "tiny", "filename": "/m/tiny",
+                          "hash": "0123abcd", "sha256": self.options.get("model_sha", "0123abcd" * 8)}]
         if path == "/sdapi/v1/progress":
             return 200, {"progress": 0.5, "eta_relative": 1.0, "state": {}}
+        if path == "/sdapi/v1/options":
+            return 200, {"sd_model_checkpoint": "tiny.safetensors [0123abcd]", "CLIP_stop_at_last_layers": 1}
         return 404, {"detail": "Not Found"}
 
     def post_sdapi(self, path, query, body):
@@ -80,8 +132,30 @@ class FakeA1111(FakeServer):
         for title in body.get("alwayson_scripts", {}):
             if title.lower() != "lora block weight":
                 return 422, {"detail": f"always on script {title} not found"}
-        image = base64.b64encode(_png(json.dumps(body, sort_keys=True))).decode()
+        time.sleep(self.options.get("delay", 0))
+        if body.get("script_name") == "x/y/z plot":
+            return self.xyz(body)
+        image = base64.b64encode(_cell_png(body)).decode()
         return 200, {"images": [image], "parameters": body, "info": json.dumps({"seed": body["seed"]})}
+
+    def xyz(self, body):
+        """X/Y/Z plot with X = Prompt S/R, as webui 1.6-1.10 runs it (one cell per X value, X order)."""
+        args = body["script_args"]
+        choices = self.options.get("choices", XYZ_CHOICES)
+        assert len(args) == len(XYZ_DEFAULTS) and args[18:] == XYZ_DEFAULTS[18:]  # fork arguments kept
+        assert choices[args[0]] == "Prompt S/R" and args[3] == args[6] == 0  # X only
+        values = next(csv.reader(io.StringIO(args[1])))
+        if values[0] not in body["prompt"] and values[0] not in body["negative_prompt"]:
+            return 500, {"detail": f"Prompt S/R did not find {values[0]} in prompt or negative prompt."}
+        cells = []
+        for value in values:
+            single = {k: v for k, v in body.items() if k not in ("script_name", "script_args")}
+            single["prompt"] = body["prompt"].replace(values[0], value)
+            single["negative_prompt"] = body["negative_prompt"].replace(values[0], value)
+            cells.append(base64.b64encode(_cell_png(single)).decode())
+        grid = base64.b64encode(_png("grid")).decode()
+        images = [grid, *cells] if args[10] else [grid]
+        return 200, {"images": images, "parameters": body, "info": "{}"}
 
 
 class FakeComfy(FakeServer):
@@ -166,7 +240,7 @@ def _plan(lora: LoraSpec, model: str | None = "tiny") -> Plan:
 
 
 def test_a1111_renders_each_cell_with_presets_in_the_always_on_args(tmp_path):
-    state = FakeA1111()
+    state = FakeA1111(delay=0.1)
     with serve(state) as url:
         backend = A1111Backend(url=url, backoff=0.01, poll_interval=0.01)
         plan = _plan(LoraSpec(name="face", strength=0.8))
@@ -180,28 +254,85 @@ def test_a1111_renders_each_cell_with_presets_in_the_always_on_args(tmp_path):
         assert second["alwayson_scripts"] == {
             "LoRA Block Weight": {"args": ["lbwcell:1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1", True, 0]}}
         assert (second["sampler_name"], second["scheduler"], second["steps"], second["cfg_scale"]) == (
-            "DPM++ 2M", "Karras", 20, 7.0)
+            "DPM++ 2M Karras", "Karras", 20, 7.0)
         assert second["override_settings"] == {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "tiny"}
-        assert steps and steps[-1] == 1.0
+        assert (second["batch_size"], second["n_iter"], second["send_images"], second["save_images"]) == (
+            1, 1, True, False)
+        assert "script_name" not in second
+        assert 0.5 in steps and steps[-1] == 1.0  # progress read from /sdapi/v1/progress, then done
         count = len(state.requests)
         again = run_plan(plan, A1111Backend(url=url), tmp_path)
         assert (again.rendered, again.reused) == (0, 4)
         assert not any(p == "/sdapi/v1/txt2img" for _, p, _ in state.requests[count:])
+    with serve(FakeA1111(model_sha="f" * 64)) as url:  # same name, another checkpoint file: render again
+        assert run_plan(plan, A1111Backend(url=url), tmp_path).rendered == 4
+        current = replace(plan, model=None)  # the web UI's current checkpoint, keyed by its hash as well
+        assert run_plan(current, A1111Backend(url=url), tmp_path / "current").rendered == 4
+    with serve(FakeA1111()) as url:
+        assert run_plan(current, A1111Backend(url=url), tmp_path / "current").rendered == 4
     assert result.grids[0].is_file()
+
+
+def test_a1111_inline_and_xyz_modes_render_the_same_cells(tmp_path):
+    state = FakeA1111()
+    plan = _plan(LoraSpec(name="face", strength=0.8))
+    with serve(state) as url:
+        results = {mode: run_plan(plan, A1111Backend(url=url, mode=mode), tmp_path / mode) for mode in MODES}
+        bodies = [body for _, path, body in state.requests if path == "/sdapi/v1/txt2img"]
+        inline, xyz = bodies[4:8], bodies[8:]
+        assert len(xyz) == 2  # X/Y/Z: one request per seed renders both cells
+        more = run_plan(plan.with_settings(seeds=(5, 6, 7)), A1111Backend(url=url, mode="xyz"), tmp_path / "xyz")
+        assert (more.rendered, more.reused) == (2, 4)
+        assert len([1 for _, path, _ in state.requests if path == "/sdapi/v1/txt2img"]) == 11
+    for job in plan.jobs():  # the web UI resolves the same weights whichever way they were sent
+        images = [np.asarray(results[mode].image(job)) for mode in MODES]
+        assert all(np.array_equal(images[0], other) for other in images[1:])
+    assert inline[2]["prompt"] == "1girl <lora:face:0.8:lbw=1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1>"
+    assert "alwayson_scripts" not in inline[2]
+    body = xyz[0]
+    assert body["seed"] == 5 and body["prompt"] == "1girl <lora:face:0.8:lbw=lbwcell000>"
+    assert body["script_name"] == "x/y/z plot"
+    assert body["script_args"] == [8, "lbwcell000,lbwcell001", [], 0, "", [], 0, "", [], True, True, False,
+                                   False, False, False, False, 0, False, "fork-extra", 3]
+    assert body["alwayson_scripts"] == {"LoRA Block Weight": {"args": [
+        "lbwcell000:1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1\nlbwcell001:1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1", True, 0]}}
+
+
+def test_a1111_xyz_mode_refusals(tmp_path):
+    plan = _plan(LoraSpec(name="face"))
+    with serve(FakeA1111(choices=XYZ_CHOICES[:8])) as url:
+        with pytest.raises(RenderError, match="X type has no 'Prompt S/R' choice"):
+            run_plan(plan, A1111Backend(url=url, mode="xyz"), tmp_path)
+        with pytest.raises(RenderError, match="must not contain 'lbwcell'"):
+            run_plan(replace(plan, settings=replace(plan.settings, prompt="lbwcell")),
+                     A1111Backend(url=url, mode="xyz"), tmp_path)
+    with pytest.raises(RenderError, match="takes 15 arguments; lbw knows the 18-argument layout"):
+        xyz_script_args([{"name": "x/y/z plot", "is_img2img": False, "args": [{"value": 0}] * 15}])
+    with pytest.raises(RenderError, match="unknown a1111 mode 'grid'"):
+        A1111Backend(mode="grid")
+    assert not (tmp_path / "plan.json").exists()  # refused before anything was written
 
 
 def test_a1111_tag_forms_and_untuned_loras():
     assert lora_prompt_tag("face", 1, 1, "lbwcell") == "<lora:face:1:lbw=lbwcell>"
     assert lora_prompt_tag("face", 0.5, 1, None) == "<lora:face:te=0.5:unet=1>"
+    assert lora_prompt_tag("face", 0.5, 1, "1,0,1,1,1,1,1,1,1,1,1,1") == (
+        "<lora:face:te=0.5:unet=1:lbw=1,0,1,1,1,1,1,1,1,1,1,1>")
     with pytest.raises(RenderError, match="contains ':'"):
         lora_prompt_tag("a:b", 1, 1, None)
     plan = Plan(kind="sub", layout="SD17", cells=_cells(), settings=Settings(prompt="p"),
                 loras=(LoraSpec(name="face"), LoraSpec(name="style", tuned=False, strength=0.5,
-                                                      weights=(1.0,) + (0.0,) * 11)))
+                                                      weights=(1.0,) + (0.0,) * 11),
+                       LoraSpec(name="plain", tuned=False, te_strength=0.5)))
     body = txt2img_payload(plan, plan.jobs()[1])
-    assert body["prompt"] == "p <lora:face:1:lbw=lbwcell> <lora:style:0.5:lbw=lbwfixed1>"
-    assert body["alwayson_scripts"]["LoRA Block Weight"]["args"][0].splitlines()[1] == (
-        "lbwfixed1:1,0,0,0,0,0,0,0,0,0,0,0")
+    assert body["prompt"] == (
+        "p <lora:face:1:lbw=lbwcell> <lora:style:0.5:lbw=lbwfixed1> <lora:plain:te=0.5:unet=1>")
+    assert body["alwayson_scripts"]["LoRA Block Weight"]["args"][0].splitlines() == [
+        "lbwcell:1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1", "lbwfixed1:1,0,0,0,0,0,0,0,0,0,0,0"]
+    inline = txt2img_payload(plan, plan.jobs()[1], "inline")
+    assert inline["prompt"] == ("p <lora:face:1:lbw=1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1> "
+                                "<lora:style:0.5:lbw=1,0,0,0,0,0,0,0,0,0,0,0> <lora:plain:te=0.5:unet=1>")
+    assert "alwayson_scripts" not in inline
 
 
 def test_a1111_reports_missing_extension_lora_and_checkpoint(tmp_path):

@@ -33,7 +33,7 @@ def test_jobs_cross_cells_seeds_and_axis():
 
 
 def test_json_round_trip(tmp_path):
-    plan = _plan(eba=EbaSpec(0.25, 1.0, ("IN01", "M00"), 30, "white"), kind="eba")
+    plan = _plan(eba=EbaSpec(0.25, 1.0, ("IN01", "M00"), 30, "white", True, "0,0,0.5,0.5", 8.0, 0.5), kind="eba")
     path = save_plan(plan, tmp_path / "plan.json")
     assert load_plan(path) == plan
     data = json.loads(path.read_text())
@@ -52,6 +52,9 @@ def test_json_round_trip(tmp_path):
         ({"settings": Settings(clip_skip=0)}, "clip skip counts from 1"),
         ({"axis": Axis("sampler", ("Euler",))}, "unknown axis 'sampler'"),
         ({"loras": (LoraSpec(name="a"), LoraSpec(name="b"))}, "only one LoRA of a plan can be tuned"),
+        ({"settings": Settings(sampler="Euler b")}, "unknown sampler 'Euler b'"),
+        ({"eba": EbaSpec(threshold=-1)}, "the analyzer threshold must be >= 0, got -1"),
+        ({"eba": EbaSpec(diff_color="red")}, "diff colour must be black or white, got 'red'"),
     ],
 )
 def test_invalid_plans(changes, message):
@@ -63,7 +66,7 @@ def test_invalid_plans(changes, message):
 def test_load_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(RenderError, match=r"bad\.json: invalid JSON"):
+    with pytest.raises(RenderError, match=r"bad\.json: invalid plan JSON"):
         load_plan(bad)
     bad.write_text('{"kind": "sub"}')
     with pytest.raises(RenderError, match='not an lbw plan'):

@@ -18,6 +18,8 @@ def test_names_and_schedules():
         resolve_sampler("Euler b", None)
     with pytest.raises(RenderError, match="has no Karras schedule"):
         resolve_sampler("DDIM", "Karras")
+    with pytest.raises(RenderError, match="ComfyUI has no 'PLMS' sampler"):  # never silently another one
+        comfy_sampler(resolve_sampler("PLMS", None))
 
 
 def test_diffusers_schedulers_keep_the_checkpoint_config():

@@ -237,7 +237,7 @@ def test_sdxl_single_file_checkpoint_loads_and_renders_offline(sdxl, tmp_path):
 
     from lbw.render.backends.single_file import missing_weights
     from lbw.render.ldm_checkpoint import save_ldm_checkpoint
-    from lbw.render.tiny import _quiet
+    from lbw.render.tiny import quiet_logs
 
     pipe, folder, lora, _ = sdxl
     source = copy.deepcopy(pipe)
@@ -256,7 +256,7 @@ def test_sdxl_single_file_checkpoint_loads_and_renders_offline(sdxl, tmp_path):
         assert set(got) == set(want), name
         assert [key for key in want if not torch.equal(got[key], want[key])] == [], name
     assert missing_weights(checkpoint, loaded) == {}
-    _quiet()
+    quiet_logs()
     source.save_pretrained(str(tmp_path / "as-folder"), safe_serialization=True)
     images = []
     for model, config in ((checkpoint, folder), (tmp_path / "as-folder", None)):

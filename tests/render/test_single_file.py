@@ -78,11 +78,11 @@ def test_single_file_loads_offline_with_every_weight_from_the_file(single_file, 
 
 def test_single_file_renders_like_the_same_model_as_a_folder(single_file, tiny_assets, tmp_path):
     """The plan renders from the single file (+ config folder) as from the same weights saved as a folder."""
-    from lbw.render.tiny import _quiet
+    from lbw.render.tiny import quiet_logs
 
     source, checkpoint = single_file
     config, lora = tiny_assets
-    _quiet()
+    quiet_logs()
     folder = tmp_path / "as-folder"
     source.save_pretrained(str(folder), safe_serialization=True)
 

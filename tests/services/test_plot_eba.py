@@ -49,9 +49,9 @@ def _independent_diff(probe: Path, source: Path, threshold: int) -> float:
 def test_eba_end_to_end(assets, tmp_path):
     model, lora = assets
     spec = LoraSpec(path=str(lora), name="tiny")
-    plan = eba_plan(spec, model=str(model), settings=demo_settings((1,)), threshold=20, name="Tiny")
-    report = run_eba(plan, DiffusersBackend(device="cpu"), tmp_path, roi_text="0.25,0.25,0.75,0.75",
-                     thresholds=Thresholds(important=5, unneeded=1))
+    plan = eba_plan(spec, model=str(model), settings=demo_settings((1,)), threshold=20, name="Tiny",
+                    roi="0.25,0.25,0.75,0.75", thresholds=Thresholds(important=5, unneeded=1))
+    report = run_eba(plan, DiffusersBackend(device="cpu"), tmp_path)
     present = {m.block for m in LoraFile.open(lora).modules if m.block}
     assert report.run.rendered == 1 + len(present)  # blocks without modules reuse the source image
     data = json.loads((tmp_path / "analysis.json").read_text())
@@ -102,14 +102,49 @@ def test_presets_plan_refuses_unknown_names():
         plan_from_presets(text, ["C"], settings=demo_settings(), loras=(LoraSpec(name="x"),))
 
 
-def test_demo_render(tmp_path):
-    from lbw.services.demo_render import DEMO_LORA, demo_render
+def test_eba_plan_reruns_its_analysis_from_json_and_grid(assets, tmp_path):
+    model, lora = assets
+    blocks = ("IN01", "IN02", "OUT11")
+    plan = eba_plan(LoraSpec(path=str(lora), name="tiny"), model=str(model), settings=demo_settings((1,)),
+                    blocks=blocks, probe=0.0, threshold=10, diff_color="white", transpose=True, roi="8,8,56,56",
+                    thresholds=Thresholds(important=20, unneeded=2), name="Tiny")
+    first = plot(plan, DiffusersBackend(device="cpu"), tmp_path)
+    assert load_plan_source(tmp_path / "plan.json") == plan  # every analysis option travels in the plan
+    assert load_plan_source(first.seeds[0].grid) == plan
+    again = plot(load_plan_source(first.seeds[0].grid), DiffusersBackend(device="cpu"), tmp_path)
+    assert (again.run.rendered, again.run.reused) == (0, 4)
+    assert again.changes == first.changes and again.classes == first.classes
+    data = json.loads((tmp_path / "analysis.json").read_text())
+    assert data["threshold"] == 10 and data["region"] == "8,8,56,56" and data["range"] == [0.0, 1.0]
+    assert data["classification"] == {"important_at_least": 20, "unneeded_below": 2, "score": "region Diff %"}
+    cells = {job.cell.label: path for job, path in again.run.cell_paths.items()}
+    for change in again.changes:
+        expected = _independent_diff(cells[change.block], cells["source"], 10)
+        assert change.diff_percent == pytest.approx(expected, abs=1e-12)
+    white = np.asarray(Image.open(again.seeds[0].diff_images["OUT11"]), int)
+    probe, source = (np.asarray(Image.open(cells[b]).convert("RGB"), int) for b in ("OUT11", "source"))
+    assert np.array_equal(white, 255 - np.abs(probe - source))  # LBW's white background: inverted
+    # Transposed ("change X-Y"): blocks are columns, so the source row shows the source once per block, side by side.
+    spots = _places(np.asarray(Image.open(again.seeds[0].grid).convert("RGB")), source.astype(np.uint8))
+    assert len(spots) == 3 and len({y for y, _ in spots}) == 1
 
-    stages: list[str] = []
-    result = demo_render(tmp_path, on_stage=stages.append)
-    assert result.lora.name == f"{DEMO_LORA}.safetensors" and (result.model / "model_index.json").is_file()
-    assert result.eba.report_path.is_file() and result.eba.seeds[0].grid.is_file()
-    assert result.sub.grids[0].is_file()
-    assert result.eba.sheet is not None and result.eba.sheet.lora == DEMO_LORA
-    assert result.sub.plan.cells[0].label == "Sub"
-    assert len(stages) == 3
+
+def _places(grid: np.ndarray, tile: np.ndarray) -> list[tuple[int, int]]:
+    """Top-left corners where ``tile`` appears pixel for pixel in ``grid``."""
+    height, width = tile.shape[:2]
+    rows = np.lib.stride_tricks.sliding_window_view(grid, (1, width, 3))[..., 0, 0, :, :]
+    candidates = np.argwhere((rows == tile[0]).all(axis=(2, 3)))
+    return [(int(y), int(x)) for y, x in candidates
+            if y + height <= grid.shape[0] and np.array_equal(grid[y : y + height, x : x + width], tile)]
+
+
+def test_eba_row_labels_round_like_lbw():
+    from lbw.render.analysis import BlockChange
+    from lbw.render.eba import row_text
+
+    assert row_text(BlockChange("IN01", 12.34567)) == "IN01\nDiff : 12.346%"
+    assert row_text(BlockChange("IN02", 12.5)) == "IN02\nDiff : 12.5%"  # str(round(x, 3)), as LBW prints it
+    assert row_text(BlockChange("IN03", 0.0)) == "IN03\nDiff : 0.0%"
+    assert row_text(BlockChange("M00", 1.0005)) == "M00\nDiff : 1.0%"  # 1.0005 is 1.000499... in binary
+    assert row_text(BlockChange("OUT00", 4.0, 2.0, 25.0)) == (
+        "OUT00\nDiff : 4.0%\nregion : 2.000%\n25.0% of change inside")

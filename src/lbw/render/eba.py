@@ -102,8 +102,12 @@ def analyze_seed(
 
 
 def row_text(change: BlockChange) -> str:
-    """``IN01`` / ``Diff : 12.345%`` (and the region's numbers when given), as LBW labels rows."""
-    text = f"{change.block}\nDiff : {change.diff_percent:.3f}%"
+    """``IN01`` / ``Diff : 12.346%`` as LBW labels rows (``str(round(x, 3))``: ``12.5``, ``0.0``), plus the
+    region's numbers when given.
+
+    Example: ``row_text(BlockChange("IN01", 12.34567))`` -> ``'IN01\\nDiff : 12.346%'``.
+    """
+    text = f"{change.block}\nDiff : {round(change.diff_percent, 3)}%"
     if change.roi_diff_percent is not None:
         text += f"\nregion : {change.roi_diff_percent:.3f}%\n{change.roi_share_percent:.1f}% of change inside"
     return text

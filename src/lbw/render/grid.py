@@ -56,10 +56,11 @@ def compose_grid(
         )
     font = ImageFont.load_default(size=font_size_for(cell_w))
     line_h = font.size + font.size // 3
+    pad = max(gap, font.size // 2)  # space between a label and its cells
     row_texts = [_wrap(label, font, max(cell_w * 2, 160)) for label in row_labels]
     column_texts = [_wrap(label, font, cell_w) for label in column_labels]
-    left = max(_text_width(text, font) for text in row_texts) + 2 * gap
-    top = max(len(text.splitlines()) for text in column_texts) * line_h + 2 * gap
+    left = max(_text_width(text, font) for text in row_texts) + gap + pad
+    top = max(len(text.splitlines()) for text in column_texts) * line_h + gap + pad
     title_h = (len(title.splitlines()) * line_h + gap) if title else 0
     width = left + columns * (cell_w + gap) + gap
     height = title_h + top + rows * (cell_h + gap) + gap
@@ -70,7 +71,7 @@ def compose_grid(
     for c, text in enumerate(column_texts):
         x = left + c * (cell_w + gap)
         draw.multiline_text(
-            (x + cell_w // 2, title_h + top - gap),
+            (x + cell_w // 2, title_h + top - pad),
             text,
             font=font,
             fill=INK,
@@ -81,7 +82,7 @@ def compose_grid(
     for r, row in enumerate(images):
         y = title_h + top + r * (cell_h + gap)
         draw.multiline_text(
-            (left - gap, y + cell_h // 2),
+            (left - pad, y + cell_h // 2),
             row_texts[r],
             font=font,
             fill=INK,

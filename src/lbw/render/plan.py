@@ -21,6 +21,7 @@ from typing import Any
 from lbw.domain.layouts import LAYOUTS, Layout
 from lbw.errors import RenderError
 from lbw.files.atomic import write_text_atomic
+from lbw.render.samplers import resolve_sampler
 
 PLAN_FORMAT = 1
 PLAN_KINDS = ("sub", "add", "subadd", "addsub", "eba", "presets", "custom")
@@ -83,13 +84,22 @@ class Axis:
 
 @dataclass(frozen=True)
 class EbaSpec:
-    """Effective Block Analyzer parameters (LBW: Range ``probe,base``, Blocks, threshold, diff colour)."""
+    """Effective Block Analyzer parameters.
+
+    LBW's Range ``probe,base``, Blocks, threshold, diff colour and "change X-Y" (``transpose``), plus lbw's
+    region of interest (``roi``: ``x0,y0,x1,y1`` in pixels or fractions) and classification thresholds, so a
+    saved plan re-runs the same analysis.
+    """
 
     probe: float = 0.5
     base: float = 1.0
     blocks: tuple[str, ...] = ()
     threshold: int = 20
     diff_color: str = "black"
+    transpose: bool = False
+    roi: str | None = None
+    important: float = 5.0
+    unneeded: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,12 @@ def validate_plan(plan: Plan) -> None:
         raise RenderError(f"width and height must be multiples of 8, got {settings.width}x{settings.height}")
     if settings.clip_skip < 1:
         raise RenderError(f"clip skip counts from 1 (the last layer), got {settings.clip_skip}")
+    resolve_sampler(settings.sampler, settings.scheduler)
+    if plan.eba is not None:
+        if plan.eba.threshold < 0:
+            raise RenderError(f"the analyzer threshold must be >= 0, got {plan.eba.threshold}")
+        if plan.eba.diff_color not in ("black", "white"):
+            raise RenderError(f"diff colour must be black or white, got {plan.eba.diff_color!r}")
     if plan.axis is not None:
         if plan.axis.kind not in AXIS_KINDS:
             raise RenderError(f"unknown axis {plan.axis.kind!r}; expected one of {', '.join(AXIS_KINDS)}")
@@ -231,12 +247,21 @@ def load_plan(path: str | Path) -> Plan:
     """Read a plan JSON file written by ``save_plan``."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RenderError("plan file not found", where=str(path)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RenderError(f"invalid JSON: {error}", where=str(path)) from None
-    return plan_from_dict(data, where=str(path))
+    except UnicodeDecodeError:
+        raise RenderError("not a UTF-8 JSON plan file", where=str(path)) from None
+    return plan_from_json(text, where=str(path))
+
+
+def plan_from_json(text: str, *, where: str | None = None) -> Plan:
+    """Rebuild a plan from ``plan_to_json`` text; RenderError (naming ``where``) on bad JSON or fields."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RenderError(f"invalid plan JSON: {error}", where=where) from None
+    return plan_from_dict(data, where=where)
 
 
 def _floats(values: Any) -> tuple[float, ...]:

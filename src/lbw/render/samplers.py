@@ -17,8 +17,8 @@ from typing import Any
 
 from lbw.errors import RenderError
 
-# A1111 name -> (diffusers scheduler class, extra config, ComfyUI sampler name).
-_TABLE: dict[str, tuple[str, dict[str, Any], str]] = {
+# A1111 name -> (diffusers scheduler class, extra config, ComfyUI sampler name or None when it has none).
+_TABLE: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "Euler": ("EulerDiscreteScheduler", {}, "euler"),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}, "euler_ancestral"),
     "Heun": ("HeunDiscreteScheduler", {}, "heun"),
@@ -29,7 +29,7 @@ _TABLE: dict[str, tuple[str, dict[str, Any], str]] = {
     "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "dpmpp_2m_sde"),
     "DPM++ SDE": ("DPMSolverSinglestepScheduler", {}, "dpmpp_sde"),
     "DDIM": ("DDIMScheduler", {}, "ddim"),
-    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}, "ddim"),
+    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}, None),
     "UniPC": ("UniPCMultistepScheduler", {}, "uni_pc"),
 }
 _KARRAS_OK = {
@@ -95,5 +95,8 @@ def diffusers_scheduler(sampler: Sampler, base_config: dict[str, Any]) -> Any:
 
 
 def comfy_sampler(sampler: Sampler) -> tuple[str, str]:
-    """ComfyUI's (sampler_name, scheduler) for ``sampler``."""
-    return _TABLE[sampler.name][2], "karras" if sampler.karras else "normal"
+    """ComfyUI's (sampler_name, scheduler) for ``sampler``; RenderError when ComfyUI has no such sampler."""
+    name = _TABLE[sampler.name][2]
+    if name is None:
+        raise RenderError(f"ComfyUI has no {sampler.name!r} sampler; choose another --sampler")
+    return name, "karras" if sampler.karras else "normal"

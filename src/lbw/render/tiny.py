@@ -121,6 +121,8 @@ def _scheduler() -> Any:
 def build_tiny_sd15_pipeline(seed: int = 0, *, variant: str = "sd15") -> Any:
     """An in-memory ``StableDiffusionPipeline``, SD1.5 block structure (``variant="sd2"``: linear proj)."""
     import torch
+
+    quiet_logs()
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     if variant not in ("sd15", "sd2"):
@@ -161,7 +163,6 @@ def build_tiny_sd15(dest: str | Path, seed: int = 0, *, variant: str = "sd15", f
     if dest.exists() and any(dest.iterdir()) and not force:
         raise OutputError("folder exists and is not empty (use force=True to overwrite)", where=str(dest))
     pipeline = build_tiny_sd15_pipeline(seed, variant=variant)
-    _quiet()
     pipeline.save_pretrained(str(dest), safe_serialization=True)
     return dest
 
@@ -177,6 +178,8 @@ SDXL_TIME_EMBED = 8
 def build_tiny_sdxl_pipeline(seed: int = 0) -> Any:
     """An in-memory ``StableDiffusionXLPipeline`` with SDXL's block structure (see the module docstring)."""
     import torch
+
+    quiet_logs()
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer = build_tokenizer()
@@ -227,13 +230,16 @@ def build_tiny_sdxl(dest: str | Path, seed: int = 0, *, force: bool = False) -> 
     if dest.exists() and any(dest.iterdir()) and not force:
         raise OutputError("folder exists and is not empty (use force=True to overwrite)", where=str(dest))
     pipeline = build_tiny_sdxl_pipeline(seed)
-    _quiet()
     pipeline.save_pretrained(str(dest), safe_serialization=True)
     return dest
 
 
-def _quiet() -> None:
-    """Silence diffusers/transformers info logs and progress bars (lbw draws its own progress)."""
+def quiet_logs() -> None:
+    """Silence diffusers/transformers info logs and progress bars (lbw draws its own progress).
+
+    Call it before importing pipeline classes: transformers warns at import time (e.g. that torchvision is
+    missing, which lbw does not need).
+    """
     import diffusers
     import transformers
 

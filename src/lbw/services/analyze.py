@@ -1,7 +1,8 @@
 """``lbw eba``: run the Effective Block Analyzer, rank the blocks, suggest a classification and a sheet.
 
 Example:
-    >>> plan = eba_plan(LoraSpec(path="face.safetensors"), model="model/", settings=Settings(prompt="1girl"))
+    >>> plan = eba_plan(LoraSpec(path="face.safetensors"), model="model/", settings=Settings(prompt="1girl"),
+    ...                 roi="0.25,0,0.75,0.5")
     >>> report = run_eba(plan, DiffusersBackend(), Path("out/eba"))
     >>> report.ranked[0].block, report.classes["IN01"]
     ('OUT03', 'unneeded')
@@ -41,14 +42,32 @@ def eba_plan(
     base: float = 1.0,
     threshold: int = 20,
     diff_color: str = "black",
+    transpose: bool = False,
+    roi: str | None = None,
+    thresholds: Thresholds | None = None,
     others: Sequence[LoraSpec] = (),
     axis: Axis | None = None,
     name: str | None = None,
 ) -> Plan:
-    """An analyzer plan: the source plus one cell per block at ``probe`` (LBW's Range ``probe,base``)."""
-    if threshold < 0:
-        raise RenderError(f"threshold must be >= 0, got {threshold}")
-    spec = EbaSpec(probe=probe, base=base, blocks=tuple(blocks), threshold=threshold, diff_color=diff_color)
+    """An analyzer plan: the source plus one cell per block at ``probe`` (LBW's Range ``probe,base``).
+
+    Every analysis option is stored in the plan (``plan.eba``), so ``lbw plot plan.json`` repeats it. The
+    region is checked against the image size here, before anything renders.
+    """
+    rule = thresholds or Thresholds()
+    if roi:
+        Box.parse(roi, settings.width, settings.height)
+    spec = EbaSpec(
+        probe=probe,
+        base=base,
+        blocks=tuple(blocks),
+        threshold=threshold,
+        diff_color=diff_color,
+        transpose=transpose,
+        roi=roi or None,
+        important=rule.important,
+        unneeded=rule.unneeded,
+    )
     plan_name = name or (Path(lora.path).stem if lora.path else lora.name) or "eba"
     return Plan(
         kind="eba",
@@ -87,6 +106,7 @@ class EbaReport:
         return {
             "plan": str(self.run.plan_path),
             "threshold": (self.run.plan.eba or EbaSpec()).threshold,
+            "range": None if self.run.plan.eba is None else [self.run.plan.eba.probe, self.run.plan.eba.base],
             "region": None if self.roi is None else self.roi.as_text(),
             "classification": {
                 "important_at_least": self.thresholds.important,
@@ -133,20 +153,14 @@ def _sheet_name(name: str) -> str:
         return "Eba"
 
 
-def analyze_run(
-    run: RunResult,
-    *,
-    roi_text: str | None = None,
-    thresholds: Thresholds | None = None,
-    transpose: bool = False,
-) -> EbaReport:
+def analyze_run(run: RunResult) -> EbaReport:
     """Compute the analyzer outputs from a finished run's saved cell images and write them next to it."""
     plan = run.plan
-    if plan.kind != "eba":
+    if plan.kind != "eba" or plan.eba is None:
         raise RenderError(f"plan kind is {plan.kind!r}; the analyzer needs an eba plan")
-    thresholds = thresholds or Thresholds()
-    width, height = plan.settings.width, plan.settings.height
-    roi = Box.parse(roi_text, width, height) if roi_text else None
+    spec = plan.eba
+    thresholds = Thresholds(spec.important, spec.unneeded)
+    roi = Box.parse(spec.roi, plan.settings.width, plan.settings.height) if spec.roi else None
     out = run.out_dir
     seeds: list[SeedAnalysis] = []
     axis_values = plan.axis.values if plan.axis else (None,)
@@ -157,12 +171,12 @@ def analyze_run(
                 for job in run.cell_paths
                 if job.seed == seed and job.axis_value == value
             }
-            target = out if value is None else out / f"{plan.axis.kind}_{value}"  # type: ignore[union-attr]
+            target = out if plan.axis is None else out / f"{plan.axis.kind}_{value}"
             target.mkdir(parents=True, exist_ok=True)
-            seeds.append(analyze_seed(plan, seed, images, target, roi=roi, transpose=transpose))
+            seeds.append(analyze_seed(plan, seed, images, target, roi=roi, transpose=spec.transpose))
     changes = mean_changes(seeds)
     report = EbaReport(run, seeds, changes, thresholds, roi, classify(changes, thresholds))
-    tuned = next((spec for spec in plan.loras if spec.tuned), None)
+    tuned = next((lora for lora in plan.loras if lora.tuned), None)
     report.sheet = suggested_sheet(plan.name, report.classes, tuned.name if tuned else None)
     report.sheet_path = out / "suggested-sheet.toml"
     write_text_atomic(report.sheet_path, sheet_to_toml(report.sheet))
@@ -176,17 +190,12 @@ def run_eba(
     backend: Backend,
     out_dir: str | Path,
     *,
-    roi_text: str | None = None,
-    thresholds: Thresholds | None = None,
-    transpose: bool = False,
     cache_dir: str | Path | None = None,
     on_cell: CellCallback | None = None,
     on_step: StepCallback | None = None,
 ) -> EbaReport:
-    """Render the analyzer plan (cached, resumable) and analyze it."""
-    if not any(cell.label == SOURCE_LABEL for cell in plan.cells):
-        raise RenderError("an analyzer plan needs its source cell")
-    if roi_text:
-        Box.parse(roi_text, plan.settings.width, plan.settings.height)  # fail before rendering
+    """Render the analyzer plan (cached, resumable) and analyze it with the options stored in ``plan.eba``."""
+    if plan.eba is None or not any(cell.label == SOURCE_LABEL for cell in plan.cells):
+        raise RenderError("an analyzer plan needs its eba settings and its source cell")
     run = run_plan(plan, backend, out_dir, cache_dir=cache_dir, on_cell=on_cell, on_step=on_step, grid=False)
-    return analyze_run(run, roi_text=roi_text, thresholds=thresholds, transpose=transpose)
+    return analyze_run(run)

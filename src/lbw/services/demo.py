@@ -16,18 +16,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lbw.render.runner import CellCallback
+from lbw.render.plan import LoraSpec
+from lbw.render.runner import CellCallback, RunResult, run_plan
+from lbw.services.analyze import EbaReport, eba_plan, run_eba
 from lbw.services.bake import BakeOptions, BakeReport, bake
-from lbw.services.demo_render import DEMO_LORA, DemoRender, demo_render
+from lbw.services.demo_render import DEMO_LORA, build_demo_assets, demo_settings
+from lbw.services.plot import plan_from_sheet
 from lbw.services.sources import Defaults, SourceSpec, open_source
 from lbw.services.verify import VerifyReport, verify
+
+DEMO_REGION = "0.25,0.25,0.75,0.75"
 
 
 @dataclass
 class DemoResult:
     """Where the demo put everything, and the bake's verification."""
 
-    rendered: DemoRender
+    model: Path
+    lora: Path
+    eba: EbaReport
+    sub: RunResult
     baked: BakeReport
     verification: VerifyReport
 
@@ -35,26 +43,40 @@ class DemoResult:
 def run_demo(
     folder: Path,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     on_cell: CellCallback | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Render (analyzer + Sub grid), then bake the suggested weights and verify the baked file."""
-    rendered = demo_render(folder, device=device, on_cell=on_cell, on_stage=on_stage)
-    sheet = rendered.eba.sheet
-    if sheet is None:  # run_eba always suggests a sheet; guard the type for readers
-        raise RuntimeError("the analyzer suggested no sheet")
+    """Build the assets, run the analyzer (26 blocks, one seed) and a Sub grid (two seeds) of the sheet it
+    suggests, then bake the suggested weights and verify the baked file against the source."""
+    from lbw.render.backends.diffusers_backend import DiffusersBackend
+
+    stage = on_stage or (lambda text: None)
+    stage("building a tiny SD1.5-layout model and a matching LoRA")
+    model, lora = build_demo_assets(folder)
+    spec = LoraSpec(path=str(lora), name=DEMO_LORA)
+    plan = eba_plan(spec, model=str(model), settings=demo_settings(), name="Gobuhime", roi=DEMO_REGION)
+    stage("Effective Block Analyzer: source + 26 blocks at 0.5")
+    backend = DiffusersBackend(device=device)
+    try:
+        report = run_eba(plan, backend, folder / "eba", on_cell=on_cell)
+        sheet = report.sheet
+        if sheet is None:  # run_eba always suggests a sheet; guard the type for readers
+            raise RuntimeError("the analyzer suggested no sheet")
+        stage("Sub grid of the suggested sheet (unclear blocks lowered one at a time)")
+        sub_plan = plan_from_sheet(sheet, "sub", settings=demo_settings((1, 2)), loras=(spec,), model=str(model))
+        sub = run_plan(sub_plan, backend, folder / "sub", cache_dir=folder / "eba" / "cache", on_cell=on_cell)
+    finally:
+        backend.close()
     weights = sheet.weights
     dest = folder / f"{DEMO_LORA}-{weights.name or 'baked'}.safetensors"
-    if on_stage:
-        on_stage(f"baking {weights.format()} into {dest.name}")
-    baked = bake(rendered.lora, dest, weights, options=BakeOptions(force=True))
-    if on_stage:
-        on_stage("verifying the baked file against the source, module by module")
-    spec = SourceSpec(path=rendered.lora, strength=None, weights=weights.vector_text(), text=str(rendered.lora))
-    source = open_source(spec, Defaults())
+    stage(f"baking {weights.format()} into {dest.name}")
+    baked = bake(lora, dest, weights, options=BakeOptions(force=True))
+    stage("verifying the baked file against the source, module by module")
+    source_spec = SourceSpec(path=lora, strength=None, weights=weights.vector_text(), text=str(lora))
+    source = open_source(source_spec, Defaults())
     try:
         verification = verify(dest, [source])
     finally:
         source.lora.close()
-    return DemoResult(rendered, baked, verification)
+    return DemoResult(model, lora, report, sub, baked, verification)

@@ -1,25 +1,20 @@
-"""The rendering part of ``lbw demo``: a tiny SD1.5-layout model and a matching LoRA built locally, the
-Effective Block Analyzer over all 26 blocks, and one Sub grid from the suggested sheet. No downloads.
+"""The demo's assets: a tiny SD1.5-layout model and a matching LoRA built locally (no downloads), and the
+tiny generation settings. ``lbw demo``, the render tests and the EBA benchmark use them.
 
 The LoRA is a kohya LoCon (attention + resnets + samplers + text encoder) with a large alpha/rank, so that
 blocks differ clearly in how much they change the tiny model's 64x64 images.
 
 Example:
-    >>> result = demo_render(Path("lbw-demo"))
-    >>> result.eba.report_path.name, result.sub.grids[0].name
-    ('analysis.json', 'grid.png')
+    >>> model, lora = build_demo_assets(Path("lbw-demo"))
+    >>> model.name, lora.name
+    ('tiny-sd15', 'gobuhime-tiny.safetensors')
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from lbw.render.plan import LoraSpec, Settings
-from lbw.render.runner import CellCallback, RunResult
-from lbw.services.analyze import EbaReport, eba_plan, run_eba
-from lbw.services.plot import plan_from_sheet, plot
+from lbw.render.plan import Settings
 
 DEMO_PROMPT = "1girl, gobuhime, long hair, choker"
 DEMO_LORA = "gobuhime-tiny"
@@ -83,45 +78,3 @@ def build_demo_assets(folder: Path) -> tuple[Path, Path]:
     if not lora.is_file():
         write_tiny_lora(lora)
     return model, lora
-
-
-@dataclass
-class DemoRender:
-    """Where the demo put everything."""
-
-    model: Path
-    lora: Path
-    eba: EbaReport
-    sub: RunResult
-
-
-def demo_render(
-    folder: Path,
-    *,
-    device: str = "cpu",
-    on_cell: CellCallback | None = None,
-    on_stage: Callable[[str], None] | None = None,
-) -> DemoRender:
-    """Build the assets, run the analyzer (26 blocks, one seed) and a Sub grid (two seeds) of its sheet."""
-    from lbw.render.backends.diffusers_backend import DiffusersBackend
-
-    if on_stage:
-        on_stage("building a tiny SD1.5-layout model and a matching LoRA")
-    model, lora = build_demo_assets(folder)
-    spec = LoraSpec(path=str(lora), name=DEMO_LORA)
-    plan = eba_plan(spec, model=str(model), settings=demo_settings(), name="Gobuhime")
-    if on_stage:
-        on_stage("Effective Block Analyzer: source + 26 blocks at 0.5")
-    backend = DiffusersBackend(device=device)
-    try:
-        report = run_eba(plan, backend, folder / "eba", roi_text="0.25,0.25,0.75,0.75", on_cell=on_cell)
-        assert report.sheet is not None
-        if on_stage:
-            on_stage("Sub grid of the suggested sheet (unclear blocks lowered one at a time)")
-        sub_plan = plan_from_sheet(
-            report.sheet, "sub", settings=demo_settings((1, 2)), loras=(spec,), model=str(model)
-        )
-        sub = plot(sub_plan, backend, folder / "sub", cache_dir=folder / "eba" / "cache", on_cell=on_cell)
-    finally:
-        backend.close()
-    return DemoRender(model, lora, report, sub)

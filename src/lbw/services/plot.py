@@ -5,11 +5,12 @@ Example:
     >>> plan = plan_from_sheet(sheet, "sub", settings=Settings(prompt="1girl", seeds=(1,)),
     ...                        loras=(LoraSpec(path="gobuhime.safetensors"),), model="model/")
     >>> result = plot(plan, make_backend("diffusers"), "out/sub")
+    >>> result.grids[0].name
+    'grid.png'
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from lbw.errors import RenderError
 from lbw.render.backends import BACKEND_NAMES
 from lbw.render.backends.base import Backend, StepCallback
 from lbw.render.grid import PLAN_CHUNK, read_png_text
-from lbw.render.plan import Axis, Cell, LoraSpec, Plan, Settings, load_plan, plan_from_dict
+from lbw.render.plan import Axis, Cell, LoraSpec, Plan, Settings, load_plan, plan_from_json
 from lbw.render.runner import CellCallback, RunResult, run_plan
+from lbw.services.analyze import EbaReport, run_eba
 
 
 def read_sheet(path: str | Path) -> Sheet:
@@ -103,10 +105,12 @@ def load_plan_source(path: str | Path) -> Plan:
     """A saved plan: ``plan.json`` or a grid PNG carrying its plan in the ``lbw_plan`` chunk."""
     path = Path(path)
     if path.suffix.lower() == ".png":
+        if not path.is_file():
+            raise RenderError("grid image not found", where=str(path))
         text = read_png_text(path).get(PLAN_CHUNK)
         if text is None:
             raise RenderError("this PNG carries no lbw plan", where=str(path))
-        return plan_from_dict(json.loads(text), where=str(path))
+        return plan_from_json(text, where=str(path))
     return load_plan(path)
 
 
@@ -135,9 +139,15 @@ def plot(
     cache_dir: str | Path | None = None,
     on_cell: CellCallback | None = None,
     on_step: StepCallback | None = None,
-) -> RunResult:
-    """Render ``plan`` into ``out_dir`` (cached and resumable) and write the grid; closes the backend."""
+) -> RunResult | EbaReport:
+    """Render any plan into ``out_dir`` (cached, resumable) and close the backend.
+
+    An ``eba`` plan is analyzed (``run_eba``: metrics, diff images, grids, suggested sheet); every other kind
+    gets the plot grid (``run_plan``).
+    """
     try:
+        if plan.kind == "eba":
+            return run_eba(plan, backend, out_dir, cache_dir=cache_dir, on_cell=on_cell, on_step=on_step)
         return run_plan(plan, backend, out_dir, cache_dir=cache_dir, on_cell=on_cell, on_step=on_step)
     finally:
         backend.close()

@@ -78,6 +78,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"lbw: error: {error}", file=sys.stderr)
         return 2
     except typer.Exit as done:
+        if done.exit_code == 130:  # typer turns Ctrl-C into Exit(130)
+            print("lbw: interrupted", file=sys.stderr)
         return done.exit_code
     except ClickException as error:
         error.show(file=sys.stderr)

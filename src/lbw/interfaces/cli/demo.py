@@ -96,14 +96,14 @@ def run_render_demo(out: Path, device: str) -> None:
             out,
             device=resolve_device(device),
             on_cell=progress.on_cell,
-            on_stage=lambda text: progress.progress.console.print(f"[bold]lbw demo[/]: {text}", soft_wrap=True),
+            on_stage=lambda text: progress.print(f"[bold]lbw demo[/]: {text}"),
         )
-    rendered, baked, check = result.rendered, result.baked, result.verification
-    print(f"model: {rendered.model}  (tiny SD1.5 layout, random weights)")
-    print(f"LoRA:  {rendered.lora}")
-    print_eba(rendered.eba)
+    baked, check = result.baked, result.verification
+    print(f"model: {result.model}  (tiny SD1.5 layout, random weights)")
+    print(f"LoRA:  {result.lora}")
+    print_eba(result.eba)
     print("Sub grid of the suggested sheet:")
-    print_plot(rendered.sub)
+    print_plot(result.sub)
     verdict = "verified" if check.passed else "VERIFICATION FAILED"
     print(f"baked: {baked.written.path} ({verdict}: max relative error {check.max_error:.3g}, "
           f"tolerance {check.tolerance:g}; {baked.modules_out} of {baked.modules_in} modules kept)")

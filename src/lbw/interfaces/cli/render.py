@@ -4,12 +4,16 @@ Heavy imports (torch, diffusers, numpy, PIL) happen inside the command bodies on
 
 Example:
     $ lbw plot face.toml --list sub --lora face.safetensors --model ./model --prompt "1girl" -o out/sub
-    $ lbw plot out/sub/plan.json                      # re-run: only changed cells render
+    $ lbw plot out/sub/plan.json --seeds 1,2,3        # re-run in out/sub: only new cells render
     $ lbw eba face.safetensors --model ./model --prompt "1girl" --roi 0.25,0,0.75,0.5 -o out/eba
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,25 +91,55 @@ def _lora_specs(
     return tuple(specs)
 
 
-def _backend(
-    name: str, device: str, batch_size: int, model_config: Path | None, url: str | None, threads: int | None
-) -> Any:
+def _backend(options: dict[str, Any]) -> Any:
+    """The backend named by ``--backend`` with the options that apply to it."""
     from lbw.services.plot import make_backend
 
-    if threads is not None:
+    name = options["backend"]
+    if options["threads"] is not None:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(options["threads"])
     if name == "diffusers":
-        return make_backend(name, device=device, batch_size=batch_size, model_config=model_config)
-    if name in ("a1111", "comfyui"):
-        default = "http://127.0.0.1:7860" if name == "a1111" else "http://127.0.0.1:8188"
-        return make_backend(name, url=url or default)
+        return make_backend(
+            name,
+            device=options["device"],
+            batch_size=options["batch_size"],
+            model_config=options["model_config"],
+            dtype=options["dtype"],
+        )
+    if name == "a1111":
+        return make_backend(name, url=options["url"] or "http://127.0.0.1:7860", mode=options["a1111_mode"])
+    if name == "comfyui":
+        return make_backend(name, url=options["url"] or "http://127.0.0.1:8188")
     return make_backend(name)
 
 
+def _render(plan: Plan, options: dict[str, Any], out: Path) -> Any:
+    """Render ``plan`` with progress bars; on Ctrl-C say what is cached and how to resume."""
+    from lbw.services.plot import plot
+
+    engine = _backend(options)
+    cache = options["cache"] or out / "cache"
+    progress = RenderProgress("cells")
+    try:
+        with progress:
+            return plot(plan, engine, out, cache_dir=cache, on_cell=progress.on_cell, on_step=progress.on_step)
+    except KeyboardInterrupt:
+        print(
+            f"lbw: stopped after {progress.done} of {progress.total or '?'} cells; finished cells are kept in "
+            f"{cache}: run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise
+
+
 class RenderProgress:
-    """A rich progress bar on stderr: one task for cells, one for the steps of the current cell."""
+    """Rich progress bars on stderr: one for cells, one for the steps of the current cell.
+
+    The bars appear with the first rendered or cached cell, so a run refused before rendering (a missing
+    model, an unreachable server) prints only its one-line error.
+    """
 
     def __init__(self, total_label: str) -> None:
         from rich.console import Console
@@ -121,20 +155,37 @@ class RenderProgress:
         )
         self.cells = self.progress.add_task(total_label, total=None)
         self.steps = self.progress.add_task("steps", total=100, visible=False)
+        self.started = False
+        self.done = 0
+        self.total = 0
 
     def __enter__(self) -> RenderProgress:
-        self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.started:
+            self.progress.stop()
+
+    def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.progress.start()
 
     def on_cell(self, done: int, total: int, label: str, cached: bool) -> None:
+        """Runner callback: ``done`` of ``total`` cells finished, the last one ``label``."""
+        self._start()
         state = "cached" if cached else "rendered"
+        self.done, self.total = done, total
         self.progress.update(self.cells, completed=done, total=total, description=f"cells ({label} {state})")
 
     def on_step(self, fraction: float, label: str) -> None:
+        """Backend callback: ``fraction`` of the current cell (or request) done."""
+        self._start()
         self.progress.update(self.steps, completed=round(fraction * 100), visible=True, description=label)
+
+    def print(self, text: str) -> None:
+        """A line of text above the bars (or on stderr before they appear)."""
+        self.progress.console.print(text, soft_wrap=True, highlight=False)
 
 
 def print_plot(result: Any) -> None:
@@ -172,68 +223,79 @@ def print_eba(report: Any) -> None:
     print(f"analysis: {report.report_path}")
 
 
+# Options both commands take: (name, type, typer option). ``_shared_options`` adds them to a command.
+_SHARED: tuple[tuple[str, Any, Any], ...] = (
+    ("model", str | None, typer.Option(None, "--model", "-m", help="Checkpoint (diffusers folder/.safetensors; "
+                                       "a1111/comfyui: the server's name).")),
+    ("backend", str, typer.Option("diffusers", "--backend", "-b", help=_BACKEND_HELP)),
+    ("strength", float, typer.Option(1.0, "--strength", help="Strength of the tuned LoRA (UNet).")),
+    ("te_strength", float | None, typer.Option(None, "--te-strength", help="Text-encoder strength.")),
+    ("model_config", Path | None, typer.Option(None, "--model-config", help="Configs of a single file.")),
+    ("prompt", str | None, typer.Option(None, "--prompt", "-p")),
+    ("negative", str | None, typer.Option(None, "--negative", "-n")),
+    ("steps", int | None, typer.Option(None, "--steps", help="Default 20.")),
+    ("cfg", float | None, typer.Option(None, "--cfg", help="Default 7.")),
+    ("sampler", str | None, typer.Option(None, "--sampler", help="Web UI name, e.g. 'DPM++ 2M' (default Euler).")),
+    ("schedule", str | None, typer.Option(None, "--schedule", help="Automatic, Normal or Karras.")),
+    ("width", int | None, typer.Option(None, "--width", help="Default 512.")),
+    ("height", int | None, typer.Option(None, "--height", help="Default 512.")),
+    ("clip_skip", int | None, typer.Option(None, "--clip-skip", help="Web UI convention: 1 = last layer.")),
+    ("seeds", str | None, typer.Option(None, "--seeds", help="Comma-separated seeds (default 1).")),
+    ("cache", Path | None, typer.Option(None, "--cache", help="Cache folder (default OUT/cache).")),
+    ("device", str, typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda, cuda:N.")),
+    ("dtype", str | None, typer.Option(None, "--dtype", help="fp32, fp16 or bf16 (default fp16 on CUDA).")),
+    ("batch_size", int, typer.Option(4, "--batch-size", help="Seeds per batch (halved if memory runs out).")),
+    ("threads", int | None, typer.Option(None, "--threads", help="CPU threads for torch.")),
+    ("url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188 by default).")),
+    ("a1111_mode", str, typer.Option("presets", "--a1111-mode", help="presets (always-on args), inline (lbw= "
+                                     "vectors) or xyz (X/Y/Z Prompt S/R).")),
+)
+
+
+def _shared_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the shared options; they reach it as one dict, ``options``."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "options"]
+    shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for n, t, o in _SHARED]
+
+    @functools.wraps(command)
+    def with_options(**given: Any) -> None:
+        command(**{p.name: given[p.name] for p in own}, options={n: given[n] for n, _, _ in _SHARED})
+
+    with_options.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    return with_options
+
+
 def register(app: typer.Typer) -> None:
     """Add ``lbw plot`` and ``lbw eba`` to ``app``."""
 
     @app.command("plot")
+    @_shared_options
     def plot_command(
         source: Path = typer.Argument(
-            ..., help="Sheet (.toml), presets file (.txt), plan.json or a grid PNG."
+            ..., help="Sheet (.toml), presets file (.txt), plan.json or a grid PNG (re-runs its plan)."
         ),
-        out: Path = typer.Option(Path("lbw-plot"), "--out", "-o", help="Output folder."),
-        backend: str = typer.Option("diffusers", "--backend", "-b", help=_BACKEND_HELP),
+        out: Path | None = typer.Option(
+            None, "--out", "-o", help="Output folder (default: lbw-plot; a plan's own folder when re-running)."
+        ),
         list_kind: str = typer.Option("sub", "--list", help="Sheet list: sub, add, subadd or addsub."),
-        names: str | None = typer.Option(
-            None, "--names", help="Presets to plot (comma-separated; default all)."
-        ),
-        lora: list[str] = typer.Option(
-            [], "--lora", help="LoRA file (or server-side name); the first is tuned."
-        ),
+        names: str | None = typer.Option(None, "--names", help="Presets to plot (comma-separated; default all)."),
+        lora: list[str] = typer.Option([], "--lora", help="LoRA file (or server-side name); the first is tuned."),
         lora_name: list[str] = typer.Option([], "--lora-name", help="Name the web UI knows each --lora by."),
-        strength: float = typer.Option(1.0, "--strength", help="Strength of the tuned LoRA (UNet)."),
-        te_strength: float | None = typer.Option(None, "--te-strength", help="Text-encoder strength."),
-        model: str | None = typer.Option(
-            None, "--model", "-m", help="Checkpoint (diffusers folder/.safetensors)."
-        ),
-        model_config: Path | None = typer.Option(None, "--model-config", help="Configs for a single file."),
-        prompt: str | None = typer.Option(None, "--prompt", "-p"),
-        negative: str | None = typer.Option(None, "--negative", "-n"),
-        steps: int | None = typer.Option(None, "--steps"),
-        cfg: float | None = typer.Option(None, "--cfg"),
-        sampler: str | None = typer.Option(None, "--sampler", help="Web UI sampler name, e.g. 'DPM++ 2M'."),
-        schedule: str | None = typer.Option(None, "--schedule", help="Automatic, Normal or Karras."),
-        width: int | None = typer.Option(None, "--width"),
-        height: int | None = typer.Option(None, "--height"),
-        clip_skip: int | None = typer.Option(None, "--clip-skip", help="Web UI convention: 1 = last layer."),
-        seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds."),
         axis: str | None = typer.Option(None, "--axis", help="strength:0.5,1 or checkpoint:A,B"),
-        cache: Path | None = typer.Option(None, "--cache", help="Cache folder (default OUT/cache)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (diffusers)."),
-        batch_size: int = typer.Option(4, "--batch-size", help="Seeds per batch (diffusers)."),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
-        url: str | None = typer.Option(None, "--url", help="Server URL (a1111/comfyui)."),
+        options: dict[str, Any] | None = None,
     ) -> None:
-        """Render a sheet's Sub/Add list, presets, or a saved plan as a labelled grid."""
+        """Render a sheet's Sub/Add list, presets, or a saved plan (an analyzer plan re-runs the analysis)."""
         from dataclasses import replace
 
-        from lbw.services.plot import load_plan_source, plan_from_presets, plan_from_sheet, plot, read_sheet
+        from lbw.services.plot import load_plan_source, plan_from_presets, plan_from_sheet, read_sheet
 
-        given = dict(
-            prompt=prompt,
-            negative_prompt=negative,
-            steps=steps,
-            cfg=cfg,
-            sampler=sampler,
-            scheduler=schedule,
-            width=width,
-            height=height,
-            clip_skip=clip_skip,
-            seeds=_seeds(seeds),
-        )
+        assert options is not None  # given by _shared_options
+        settings = _settings_options(options)
+        strength, te_strength, model = options["strength"], options["te_strength"], options["model"]
         suffix = source.suffix.lower()
         if suffix in (".json", ".png"):
             plan: Plan = load_plan_source(source)
-            changes: dict[str, Any] = {"settings": _settings(plan.settings, **given)}
+            changes: dict[str, Any] = {"settings": _settings(plan.settings, **settings)}
             if lora:
                 changes["loras"] = _lora_specs(lora, lora_name, strength, te_strength)
             if model:
@@ -241,11 +303,12 @@ def register(app: typer.Typer) -> None:
             if axis:
                 changes["axis"] = _axis(axis)
             plan = replace(plan, **changes)
+            target = out or source.parent
         else:
             if not lora:
                 raise RenderError("--lora is required (the LoRA the weights apply to)")
             common = dict(
-                settings=_settings(None, **given),
+                settings=_settings(None, **settings),
                 loras=_lora_specs(lora, lora_name, strength, te_strength),
                 model=_model(model),
                 axis=_axis(axis),
@@ -256,24 +319,19 @@ def register(app: typer.Typer) -> None:
                 text = _read(source)
                 wanted = [n.strip() for n in names.split(",") if n.strip()] if names else []
                 plan = plan_from_presets(text, wanted, where=str(source), name=source.stem, **common)
-        engine = _backend(backend, device, batch_size, model_config, url, threads)
-        with RenderProgress("cells") as progress:
-            result = plot(
-                plan, engine, out, cache_dir=cache, on_cell=progress.on_cell, on_step=progress.on_step
-            )
-        print_plot(result)
+            target = out or Path("lbw-plot")
+        result = _render(plan, options, target)
+        if plan.kind == "eba":
+            print_eba(result)
+        else:
+            print_plot(result)
 
     @app.command("eba")
+    @_shared_options
     def eba_command(
         lora: str = typer.Argument(..., help="The LoRA file (or, for a1111/comfyui, its server-side name)."),
-        model: str | None = typer.Option(
-            None, "--model", "-m", help="Checkpoint (diffusers folder/.safetensors)."
-        ),
         out: Path = typer.Option(Path("lbw-eba"), "--out", "-o", help="Output folder."),
-        backend: str = typer.Option("diffusers", "--backend", "-b", help=_BACKEND_HELP),
-        blocks: str = typer.Option(
-            "26ALL", "--blocks", help="Blocks to test: IDs, ranges, NOT, or 17ALL/26ALL."
-        ),
+        blocks: str = typer.Option("26ALL", "--blocks", help="Blocks to test: IDs, ranges, NOT, or 17ALL/26ALL."),
         range_text: str = typer.Option("0.5,1", "--range", help="probe,base (LBW's Range)."),
         threshold: int = typer.Option(20, "--threshold", help="Diff % counts |difference| > threshold."),
         diff_color: str = typer.Option("black", "--diff-color", help="black or white diff background."),
@@ -282,74 +340,46 @@ def register(app: typer.Typer) -> None:
         unneeded: float = typer.Option(1.0, "--unneeded", help="Diff % below: unneeded."),
         transpose: bool = typer.Option(False, "--transpose", help="Blocks as columns (LBW's change X-Y)."),
         lora_name: str | None = typer.Option(None, "--lora-name", help="Name the web UI knows the LoRA by."),
-        strength: float = typer.Option(1.0, "--strength"),
-        te_strength: float | None = typer.Option(None, "--te-strength"),
-        model_config: Path | None = typer.Option(None, "--model-config", help="Configs for a single file."),
-        prompt: str = typer.Option("", "--prompt", "-p"),
-        negative: str = typer.Option("", "--negative", "-n"),
-        steps: int = typer.Option(20, "--steps"),
-        cfg: float = typer.Option(7.0, "--cfg"),
-        sampler: str = typer.Option("Euler", "--sampler"),
-        schedule: str | None = typer.Option(None, "--schedule"),
-        width: int = typer.Option(512, "--width"),
-        height: int = typer.Option(512, "--height"),
-        clip_skip: int = typer.Option(1, "--clip-skip"),
-        seeds: str = typer.Option("1", "--seeds"),
-        cache: Path | None = typer.Option(None, "--cache"),
-        device: str = typer.Option("auto", "--device"),
-        batch_size: int = typer.Option(4, "--batch-size"),
-        threads: int | None = typer.Option(None, "--threads"),
-        url: str | None = typer.Option(None, "--url"),
+        options: dict[str, Any] | None = None,
     ) -> None:
         """Effective Block Analyzer: lower each block to the probe value, measure Diff %, rank, classify."""
         from lbw.render.analysis import Thresholds
         from lbw.render.blocks import parse_block_list
-        from lbw.render.plan import Settings
-        from lbw.services.analyze import eba_plan, run_eba
+        from lbw.services.analyze import eba_plan
 
+        assert options is not None  # given by _shared_options
         probe, base = _range(range_text)
-        settings = Settings(
-            prompt=prompt,
-            negative_prompt=negative,
-            steps=steps,
-            cfg=cfg,
-            sampler=sampler,
-            scheduler=schedule,
-            width=width,
-            height=height,
-            clip_skip=clip_skip,
-            seeds=_seeds(seeds) or (1,),
-        )
-        spec = _lora_specs([lora], [lora_name] if lora_name else [], strength, te_strength)[0]
-        if diff_color not in ("black", "white"):
-            raise RenderError(f"--diff-color must be black or white, got {diff_color!r}")
+        spec = _lora_specs([lora], [lora_name] if lora_name else [], options["strength"], options["te_strength"])[0]
         plan = eba_plan(
             spec,
-            model=_model(model),
-            settings=settings,
+            model=_model(options["model"]),
+            settings=_settings(None, **_settings_options(options)),
             blocks=parse_block_list(blocks),
             probe=probe,
             base=base,
             threshold=threshold,
             diff_color=diff_color,
+            transpose=transpose,
+            roi=roi,
+            thresholds=Thresholds(important, unneeded),
         )
-        engine = _backend(backend, device, batch_size, model_config, url, threads)
-        try:
-            with RenderProgress("cells") as progress:
-                report = run_eba(
-                    plan,
-                    engine,
-                    out,
-                    roi_text=roi,
-                    thresholds=Thresholds(important, unneeded),
-                    transpose=transpose,
-                    cache_dir=cache,
-                    on_cell=progress.on_cell,
-                    on_step=progress.on_step,
-                )
-        finally:
-            engine.close()
-        print_eba(report)
+        print_eba(_render(plan, options, out))
+
+
+def _settings_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The plan settings given on the command line (None = not given)."""
+    return dict(
+        prompt=options["prompt"],
+        negative_prompt=options["negative"],
+        steps=options["steps"],
+        cfg=options["cfg"],
+        sampler=options["sampler"],
+        scheduler=options["schedule"],
+        width=options["width"],
+        height=options["height"],
+        clip_skip=options["clip_skip"],
+        seeds=_seeds(options["seeds"]),
+    )
 
 
 def _model(value: str | None) -> str | None:

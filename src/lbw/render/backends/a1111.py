@@ -1,13 +1,22 @@
 """The ``a1111`` backend: a Stable Diffusion web UI (A1111 or Forge) started with ``--api`` and LBW installed.
 
-Each job is one ``POST /sdapi/v1/txt2img`` with a fixed seed. The block weights travel as presets in the
-LoRA Block Weight always-on arguments (``args[0]`` replaces the preset file for that request only; the user's
-``lbwpresets.txt`` is never edited) and the prompt carries ``<lora:NAME:M:lbw=lbwcell>``. Before rendering the
-backend checks that LBW is installed, the LoRAs are known (after one ``refresh-loras``) and the checkpoint
-exists, and says which is missing. Progress is read from ``/sdapi/v1/progress`` while a job runs.
+Three ways to send the block weights (``mode``), all with a fixed seed per image:
+
+- ``presets`` (default): one ``POST /sdapi/v1/txt2img`` per cell; the vector travels as a preset in the LoRA Block
+  Weight always-on arguments (``args[0]`` replaces the preset file for that request only; the user's
+  ``lbwpresets.txt`` is never edited) and the prompt carries ``<lora:NAME:M:lbw=lbwcell>``.
+- ``inline``: one request per cell with the vector in the tag, ``<lora:NAME:M:lbw=1,0,0.5,...>``; LBW runs with
+  its own defaults (no always-on arguments are sent).
+- ``xyz``: one request per seed (and axis value) with the built-in X/Y/Z plot script, X = Prompt S/R over the
+  cells' preset names (``lbwcell000, lbwcell001, ...``), lone images included; the axis index and the argument
+  list come from ``/sdapi/v1/script-info``. The model stays loaded between cells.
+
+Before rendering the backend checks that LBW (and X/Y/Z) are installed, the LoRAs are known (after one
+``refresh-loras``) and the checkpoint exists, and says which is missing. Progress is read from
+``/sdapi/v1/progress`` while a request runs.
 
 Example:
-    >>> backend = A1111Backend(url="http://127.0.0.1:7860")
+    >>> backend = A1111Backend(url="http://127.0.0.1:7860", mode="inline")
     >>> run_plan(plan, backend, "out")
 """
 
@@ -33,46 +42,128 @@ from lbw.render.samplers import resolve_sampler
 from lbw.render.weighting import lora_states
 
 LBW_TITLE = "LoRA Block Weight"
+XYZ_TITLE = "x/y/z plot"
+PROMPT_SR = "Prompt S/R"
 CELL_PRESET = "lbwcell"
+MODES = ("presets", "inline", "xyz")
+_MODEL_KEYS = ("title", "model_name", "filename")
+# X/Y/Z plot arguments 0-17 (webui 1.6-1.10; forks append more, which keep their defaults).
+_XYZ_ARGS = 18
 
 
-def lora_prompt_tag(name: str, te: float, unet: float, preset: str | None) -> str:
-    """``<lora:NAME:M:lbw=P>``, or with ``te=``/``unet=`` when the two multipliers differ.
+def lora_prompt_tag(name: str, te: float, unet: float, weights: str | None) -> str:
+    """``<lora:NAME:M:lbw=W>`` (W: a preset name or an inline vector), ``te=``/``unet=`` when they differ.
 
     Example:
         >>> lora_prompt_tag("face", 1, 1, "lbwcell")
         '<lora:face:1:lbw=lbwcell>'
+        >>> lora_prompt_tag("face", 0.5, 1, "1,0,1,1,1,1,1,1,1,1,1,1")
+        '<lora:face:te=0.5:unet=1:lbw=1,0,1,1,1,1,1,1,1,1,1,1>'
     """
     if not name or any(ch in name for ch in ":<>\n"):
         raise RenderError(f"LoRA name {name!r} is empty or contains ':', '<' or '>'")
     strengths = format_value(unet) if te == unet else f"te={format_value(te)}:unet={format_value(unet)}"
-    weights = f":lbw={preset}" if preset else ""
-    return f"<lora:{name}:{strengths}{weights}>"
+    suffix = f":lbw={weights}" if weights else ""
+    return f"<lora:{name}:{strengths}{suffix}>"
+
+
+def vector_text(values: Sequence[float]) -> str:
+    """``1,0,0.5,...``: an LBW weight string (the length must be 12, 17, 20, 26 or 61)."""
+    layout_for_length(len(values))
+    return ",".join(format_value(v) for v in values)
 
 
 def preset_line(name: str, values: Sequence[float]) -> str:
-    """``NAME:v1,...`` for LBW's preset argument (the length must be 12, 17, 20, 26 or 61)."""
-    layout_for_length(len(values))
-    return f"{name}:" + ",".join(format_value(v) for v in values)
+    """``NAME:v1,...`` for LBW's preset argument."""
+    return f"{name}:{vector_text(values)}"
 
 
-def txt2img_payload(plan: Plan, job: Job) -> dict[str, Any]:
-    """The ``/sdapi/v1/txt2img`` body for one job (block weights as always-on LBW presets)."""
-    settings = plan.settings
-    states = lora_states(plan, job)
+def cell_preset_name(index: int) -> str:
+    """The preset name of a plan cell in ``xyz`` mode (same width for every cell, never a prefix of another)."""
+    return f"{CELL_PRESET}{index:03d}"
+
+
+def _lora_tags(plan: Plan, job: Job, mode: str, tuned_preset: str) -> tuple[list[str], list[str]]:
+    """Prompt tags and preset lines of every LoRA for ``job`` (the tuned one's preset is ``tuned_preset``)."""
     tags: list[str] = []
     presets: list[str] = []
-    for number, (spec, state) in enumerate(zip(plan.loras, states, strict=True)):
-        name = spec.name or (Path(spec.path).stem if spec.path else "")
-        if spec.tuned:
-            presets.append(preset_line(CELL_PRESET, job.cell.values))
-            tags.append(lora_prompt_tag(name, state.text, state.unet, CELL_PRESET))
-        elif spec.weights is not None:
-            preset = f"lbwfixed{number}"
-            presets.append(preset_line(preset, spec.weights))
-            tags.append(lora_prompt_tag(name, state.text, state.unet, preset))
-        else:
-            tags.append(lora_prompt_tag(name, state.text, state.unet, None))
+    for number, (spec, state) in enumerate(zip(plan.loras, lora_states(plan, job), strict=True)):
+        values = job.cell.values if spec.tuned else spec.weights
+        weights = None
+        if values is not None and mode == "inline":
+            weights = vector_text(values)
+        elif values is not None:
+            weights = tuned_preset if spec.tuned else f"lbwfixed{number}"
+            presets.append(preset_line(weights, values))
+        tags.append(lora_prompt_tag(_name(spec), state.text, state.unet, weights))
+    return tags, presets
+
+
+def txt2img_payload(plan: Plan, job: Job, mode: str = "presets") -> dict[str, Any]:
+    """The ``/sdapi/v1/txt2img`` body for one job (``presets`` or ``inline`` mode)."""
+    if mode not in ("presets", "inline"):
+        raise RenderError(f"one-cell payloads exist for presets and inline mode, not {mode!r}")
+    tags, presets = _lora_tags(plan, job, mode, CELL_PRESET)
+    return _payload(plan, job, tags, presets)
+
+
+def xyz_payload(plan: Plan, jobs: Sequence[Job], script_args: Sequence[Any]) -> dict[str, Any]:
+    """One X/Y/Z plot request rendering ``jobs`` (same seed and axis value) with X = Prompt S/R over presets.
+
+    ``script_args``: the script's 18+ argument defaults from script-info, with ``script_args[0]`` already set
+    to the Prompt S/R axis index (``xyz_script_args``).
+    """
+    first = jobs[0]
+    if any(job.seed != first.seed or job.axis_value != first.axis_value for job in jobs):
+        raise RenderError("an X/Y/Z request renders the cells of one seed and one axis value")
+    names = [cell_preset_name(job.cell_index) for job in jobs]
+    tags, presets = _lora_tags(plan, first, "presets", names[0])
+    presets += [preset_line(name, job.cell.values) for job, name in zip(jobs[1:], names[1:], strict=True)]
+    payload = _payload(plan, first, tags, presets)
+    args = list(script_args)
+    args[1] = ",".join(names)  # preset names hold no comma or space: no CSV quoting needed
+    payload["script_name"] = XYZ_TITLE
+    payload["script_args"] = args
+    return payload
+
+
+def xyz_script_args(info: Any) -> list[Any]:
+    """X/Y/Z plot arguments from ``/sdapi/v1/script-info``: defaults, X = Prompt S/R, lone images on.
+
+    Positions (webui 1.6-1.10): x_type, x_values, x_values_dropdown, y_type, y_values, y_values_dropdown,
+    z_type, z_values, z_values_dropdown, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds,
+    vary_seeds_x/y/z, margin_size, csv_mode; later positions (forks) keep their defaults.
+    """
+    entries = [
+        entry
+        for entry in (info if isinstance(info, list) else [])
+        if isinstance(entry, dict) and entry.get("name") == XYZ_TITLE and not entry.get("is_img2img")
+    ]
+    if not entries:
+        raise RenderError("the web UI's script-info lists no txt2img 'x/y/z plot' script")
+    args = entries[0].get("args") or []
+    if len(args) < _XYZ_ARGS:
+        raise RenderError(
+            f"the X/Y/Z plot script takes {len(args)} arguments; lbw knows the {_XYZ_ARGS}-argument layout of "
+            "webui 1.6 and later (use --a1111-mode presets)"
+        )
+    choices = args[0].get("choices") or []
+    if PROMPT_SR not in choices:
+        raise RenderError(f"the X/Y/Z plot X type has no {PROMPT_SR!r} choice (choices: {len(choices)})")
+    values = [arg.get("value") for arg in args]
+    values[0:_XYZ_ARGS] = [
+        choices.index(PROMPT_SR), "", [],  # X: Prompt S/R (values set per request)
+        0, "", [],  # Y: Nothing
+        0, "", [],  # Z: Nothing
+        True, True, False,  # legend, lone images (every cell comes back), no sub-grids
+        False, False, False, False,  # keep fixed seeds, vary none
+        0, False,  # margin, csv mode
+    ]
+    return values
+
+
+def _payload(plan: Plan, job: Job, tags: list[str], presets: list[str]) -> dict[str, Any]:
+    settings = plan.settings
     sampler = resolve_sampler(settings.sampler, settings.scheduler)
     overrides: dict[str, Any] = {"CLIP_stop_at_last_layers": settings.clip_skip}
     checkpoint = job.axis_value if plan.axis is not None and plan.axis.kind == "checkpoint" else plan.model
@@ -86,7 +177,8 @@ def txt2img_payload(plan: Plan, job: Job) -> dict[str, Any]:
         "cfg_scale": settings.cfg,
         "width": settings.width,
         "height": settings.height,
-        "sampler_name": sampler.name,
+        # The combined name ("DPM++ 2M Karras") works on every version; webui >= 1.9 also reads "scheduler".
+        "sampler_name": f"{sampler.name} Karras" if sampler.karras else sampler.name,
         "batch_size": 1,
         "n_iter": 1,
         "send_images": True,
@@ -114,10 +206,16 @@ class A1111Backend:
         retries: int = 4,
         backoff: float = 1.0,
         poll_interval: float = 0.5,
+        mode: str = "presets",
     ) -> None:
+        if mode not in MODES:
+            raise RenderError(f"unknown a1111 mode {mode!r}; expected one of {', '.join(MODES)}")
         self.client = HttpClient(url, timeout=timeout, retries=retries, backoff=backoff)
         self.poll_interval = poll_interval
+        self.mode = mode
         self._lora_hashes: dict[str, str] = {}
+        self._model_hashes: dict[str, str] = {}
+        self._xyz_args: list[Any] = []
 
     def prepare(self, plan: Plan) -> None:
         """Check LBW, the LoRAs and the checkpoint(s) on the server; RenderError naming what is missing."""
@@ -131,6 +229,8 @@ class A1111Backend:
             )
         if not plan.loras:
             raise RenderError("the plan has no LoRA (use --lora NAME)")
+        if self.mode == "xyz":
+            self._prepare_xyz(plan, titles)
         known = self._loras()
         missing = [spec for spec in plan.loras if _name(spec) not in known]
         if missing:
@@ -149,16 +249,27 @@ class A1111Backend:
             if plan.axis and plan.axis.kind == "checkpoint"
             else ([plan.model] if plan.model else [])
         )
-        if checkpoints:
-            models = self.client.get_json("/sdapi/v1/sd-models")
-            names = (
-                {m.get(k) for m in models for k in ("title", "model_name", "filename")} if models else set()
-            )
-            for checkpoint in checkpoints:
-                if checkpoint not in names:
-                    raise RenderError(
-                        f"checkpoint {checkpoint!r} is not known to the web UI", where=self.client.base_url
-                    )
+        models = self.client.get_json("/sdapi/v1/sd-models")
+        entries = models if isinstance(models, list) else []
+        if not checkpoints:  # the web UI's current checkpoint renders: key the cache by it too
+            options = self.client.get_json("/sdapi/v1/options")
+            current = options.get("sd_model_checkpoint") if isinstance(options, dict) else None
+            checkpoints = [str(current)] if current else []
+        for checkpoint in checkpoints:
+            entry = next((m for m in entries if checkpoint in {m.get(k) for k in _MODEL_KEYS}), None)
+            if entry is None:
+                raise RenderError(f"checkpoint {checkpoint!r} is not known to the web UI", where=self.client.base_url)
+            self._model_hashes[checkpoint] = str(entry.get("sha256") or entry.get("hash") or entry["title"])
+
+    def _prepare_xyz(self, plan: Plan, titles: list[str]) -> None:
+        if XYZ_TITLE not in titles:
+            raise RenderError("the web UI lists no 'x/y/z plot' script", where=self.client.base_url)
+        if not any(spec.tuned for spec in plan.loras):
+            raise RenderError("xyz mode needs a tuned LoRA (its tag carries the Prompt S/R search string)")
+        settings = plan.settings
+        if CELL_PRESET in settings.prompt or CELL_PRESET in settings.negative_prompt:
+            raise RenderError(f"xyz mode: the prompt must not contain {CELL_PRESET!r} (the Prompt S/R names)")
+        self._xyz_args = xyz_script_args(self.client.get_json("/sdapi/v1/script-info"))
 
     def _loras(self) -> dict[str, str]:
         listing = self.client.get_json("/sdapi/v1/loras")
@@ -173,29 +284,49 @@ class A1111Backend:
         return known
 
     def identity(self, plan: Plan, hasher: Hasher) -> dict[str, Any]:
-        """Server, checkpoint and LoRA identities (local file hash if the file is here, else the server's)."""
+        """Server, checkpoint hashes (the server's) and LoRA hashes (the local file's if here, else the server's)."""
         loras = []
         for spec in plan.loras:
             local = hasher(Path(spec.path)) if spec.path else None
             loras.append({"name": _name(spec), "hash": local or self._lora_hashes.get(_name(spec), "")})
-        return {"server": self.client.base_url, "model": plan.model, "loras": loras}
+        return {"server": self.client.base_url, "models": self._model_hashes, "loras": loras}
 
     def job_identity(self, plan: Plan, job: Job) -> dict[str, Any]:
-        """The request body itself determines the image."""
-        return {"payload": txt2img_payload(plan, job)}
+        """The mode and the one-cell request body (xyz: the presets body, whichever cells share the request)."""
+        mode = "presets" if self.mode == "xyz" else self.mode
+        return {"mode": self.mode, "payload": txt2img_payload(plan, job, mode)}
 
     def render(
         self, plan: Plan, jobs: Sequence[Job], on_step: StepCallback | None = None
     ) -> Iterator[tuple[Job, Image.Image]]:
-        """One txt2img request per job, polling progress meanwhile."""
+        """One txt2img request per job, or (xyz) per seed and axis value; progress is polled meanwhile."""
+        if self.mode != "xyz":
+            for job in jobs:
+                payload = txt2img_payload(plan, job, self.mode)
+                images = self._images(payload, 1, job.cell.label, on_step)
+                yield job, _decode_image(images[0])
+            return
+        groups: dict[tuple[Any, int], list[Job]] = {}
         for job in jobs:
-            answer = self._with_progress(txt2img_payload(plan, job), job.cell.label, on_step)
-            images = answer.get("images") if isinstance(answer, dict) else None
-            if not images:
-                raise RenderError(
-                    f"the web UI returned no image for cell {job.cell.label!r}", where=self.client.base_url
-                )
-            yield job, _decode_image(images[0])
+            groups.setdefault((job.axis_value, job.seed), []).append(job)
+        for (_, seed), group in groups.items():
+            payload = xyz_payload(plan, group, self._xyz_args)
+            # images[0] is the X/Y/Z grid; the lone images follow in X order.
+            images = self._images(payload, len(group) + 1, f"seed {seed} (X/Y/Z)", on_step)
+            yield from zip(group, map(_decode_image, images[1:]), strict=True)
+
+    def _images(
+        self, payload: dict[str, Any], count: int, label: str, on_step: StepCallback | None
+    ) -> list[str]:
+        """The first ``count`` base64 images of the answer to ``payload``."""
+        answer = self._with_progress(payload, label, on_step)
+        images = answer.get("images") if isinstance(answer, dict) else None
+        if not isinstance(images, list) or len(images) < count:
+            got = len(images) if isinstance(images, list) else 0
+            raise RenderError(
+                f"the web UI returned {got} image(s) for {label!r}, expected {count}", where=self.client.base_url
+            )
+        return [str(data) for data in images[:count]]
 
     def _with_progress(self, payload: dict[str, Any], label: str, on_step: StepCallback | None) -> Any:
         if on_step is None:

@@ -150,6 +150,7 @@ class ComfyUIBackend:
 
     def prepare(self, plan: Plan) -> None:
         """Check the Inspire pack, the LoRA names and the checkpoint; read each LoRA's present blocks."""
+        comfy_sampler(resolve_sampler(plan.settings.sampler, plan.settings.scheduler))
         info = self._object_info(LOADER)
         if not info:
             raise RenderError(

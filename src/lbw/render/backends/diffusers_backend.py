@@ -8,8 +8,9 @@
   layers are set to W0 + Σ m·ρ·ΔW (``WeightPatcher``), only where the coefficients changed.
 - Prompt embeddings are cached per text-encoder state (text strength x ρ_BASE of each LoRA), so a plan whose
   cells keep BASE fixed encodes the prompt once.
-- Jobs with the same weights are batched over seeds (``batch_size``); every image has its own CPU generator
-  seeded with its seed, so a cell looks the same whichever batch it was rendered in (up to float rounding).
+- Jobs with the same weights are batched over seeds (``batch_size``; halved on out-of-memory, down to 1); every
+  image has its own CPU generator seeded with its seed, so a cell looks the same whichever batch it was
+  rendered in (up to float rounding).
 
 Example:
     >>> backend = DiffusersBackend(device="auto")
@@ -33,19 +34,28 @@ from lbw.render.weighting import LoraState, lora_states
 
 _PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 _PICKLES = (".ckpt", ".pt", ".pth", ".bin")
+_DTYPES = ("fp32", "fp16", "bf16")
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda``/``cuda:N`` must exist.
+
+    Example: ``resolve_device("auto")`` -> ``"cuda"`` on a GPU machine, ``"cpu"`` elsewhere.
+    """
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RenderError("--device cuda was asked for but torch sees no CUDA device")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise RenderError(f"unknown device {device!r}; expected auto, cpu or cuda")
-    return device
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device[5:]) if ":" in device else 0
+        if index >= count:
+            seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise RenderError(f"--device {device} was asked for but torch sees {seen}")
+        return device
+    raise RenderError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
 
 
 def pipeline_class_name(model: Path, model_config: Path | None) -> str:
@@ -77,9 +87,9 @@ def load_pipeline(
     """Load a diffusers folder or a single ``.safetensors`` checkpoint locally, on ``device`` in ``dtype``."""
     import diffusers
 
-    from lbw.render.tiny import _quiet
+    from lbw.render.tiny import quiet_logs
 
-    _quiet()
+    quiet_logs()
     path = Path(model)
     if not path.exists():
         raise RenderError("model not found", where=str(path))
@@ -128,7 +138,9 @@ class DiffusersBackend:
     ) -> None:
         if batch_size < 1:
             raise RenderError(f"batch size must be >= 1, got {batch_size}")
-        self.device_option = device
+        if dtype is not None and dtype not in _DTYPES:
+            raise RenderError(f"unknown dtype {dtype!r}; expected {', '.join(_DTYPES)}")
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.model_config = model_config
         self.dtype_option = dtype
@@ -161,12 +173,16 @@ class DiffusersBackend:
             self._loras.append(LoraFile.open(spec.path))
 
     def identity(self, plan: Plan, hasher: Hasher) -> dict[str, Any]:
-        """Model hash (or one per checkpoint on the axis) and LoRA file hashes."""
+        """Model hash (or one per checkpoint on the axis), LoRA file hashes, device type and precision."""
         models = self._models(plan)
+        device = self.device
         return {
             "model": {m: hasher(Path(m)) for m in models},
             "loras": [hasher(Path(spec.path)) for spec in plan.loras if spec.path],
             "model_config": str(self.model_config) if self.model_config else None,
+            # Images differ (slightly) between CPU and GPU and between precisions.
+            "device": device.split(":")[0],
+            "dtype": str(_dtype(self.dtype_option, device)),
         }
 
     def job_identity(self, plan: Plan, job: Job) -> dict[str, Any]:
@@ -197,11 +213,13 @@ class DiffusersBackend:
             for group in groups.values():
                 states = lora_states(plan, group[0])
                 self._patcher.apply(states)
-                for start in range(0, len(group), self.batch_size):
-                    batch = group[start : start + self.batch_size]
-                    images = self._generate(
-                        plan, states, [job.seed for job in batch], batch[0].cell.label, on_step
-                    )
+                pending = list(group)
+                while pending:
+                    batch = pending[: self.batch_size]
+                    images = self._generate_fitting(plan, states, batch, on_step)
+                    if images is None:
+                        continue  # out of memory: the batch size was halved, try again
+                    pending = pending[len(batch) :]
                     yield from zip(batch, images, strict=True)
 
     def close(self) -> None:
@@ -233,7 +251,7 @@ class DiffusersBackend:
 
         from lbw.render.backends.lora_patch import WeightPatcher
 
-        device = resolve_device(self.device_option)
+        device = self.device
         if self._pipe is None or self._pipe_model != model:
             self._pipe = self._patcher = None
             self._pipe = load_pipeline(
@@ -255,6 +273,27 @@ class DiffusersBackend:
                 raise RenderError(f"cannot apply the LoRA to {model}: {error}") from None
             self._patcher_key = lora_key
         self._device = torch.device(device)
+
+    def _generate_fitting(
+        self, plan: Plan, states: Sequence[LoraState], batch: Sequence[Job], on_step: StepCallback | None
+    ) -> list[Image.Image] | None:
+        """Render ``batch``; on out-of-memory halve ``batch_size`` and return None (the caller retries)."""
+        import torch
+
+        out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+        try:
+            return self._generate(plan, states, [job.seed for job in batch], batch[0].cell.label, on_step)
+        except out_of_memory:
+            if len(batch) == 1:
+                size = f"{plan.settings.width}x{plan.settings.height}"
+                raise RenderError(
+                    f"out of {self._device.type.upper()} memory rendering one {size} image "
+                    "(try --dtype fp16, a smaller size or another --device)"
+                ) from None
+            self.batch_size = len(batch) // 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return None
 
     def _generate(
         self,
