@@ -79,7 +79,7 @@ def test_convert_inspire_both_ways(capsys) -> None:
     assert out == "Back:1,0,0,0,0,0,0.5,0,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0,0,0\n"
     assert "the vector ran out at IN07" in err
     assert run(["weights", "convert", "1,0", "--to", "inspire"]) == 2
-    assert "pass --present" in capsys.readouterr().err
+    assert "pass --lora FILE or --present" in capsys.readouterr().err
 
 
 def test_weights_show_table(capsys) -> None:
@@ -156,3 +156,21 @@ def test_sdscripts_errors(capsys) -> None:
         out, err = capsys.readouterr()
         assert out == ""
         assert err.startswith(f"lbw: error: {message}") and err.count("\n") == 1, err
+
+
+def test_convert_to_and_from_inspire_for_a_lora_file(tmp_path, capsys) -> None:
+    from lbw.files.fixtures import write_fixture
+
+    locon = write_fixture("sd15_locon", tmp_path / "locon.safetensors")
+    plain = write_fixture("sd15", tmp_path / "plain.safetensors")
+    weights = "G:1,0,0.5,1,0.5,0.5,0.5,0,1,1,0,0,0,1,0.5,0.5,1,1,1,1,0.5,0.5,0.5,0.5,0,0.5"
+    assert run(["weights", "convert", weights, "--to", "inspire", "--lora", str(locon)]) == 0
+    inspire = capsys.readouterr().out.strip()
+    # BASE, input 1..11, middle 0,1,2 (all M00), output 0..11: 27 values (LyCORIS/LoCon convention)
+    assert inspire == "1,0.5,1,0.5,0.5,0.5,0,1,1,0,0,0,1,1,1,0.5,0.5,1,1,1,1,0.5,0.5,0.5,0.5,0,0.5"
+    assert run(["weights", "convert", inspire, "--from", "inspire", "--to", "26", "--lora", str(locon)]) == 0
+    assert capsys.readouterr().out.strip() == weights.split(":", 1)[1]
+    assert run(["weights", "convert", weights, "--to", "inspire", "--lora", str(plain)]) == 0
+    assert capsys.readouterr().out.strip() == "1,0.5,1,0.5,0.5,1,1,1,1,1,1,0.5,0.5,0.5,0.5,0,0.5"
+    assert run(["weights", "convert", weights, "--to", "inspire", "--lora", str(plain), "--present", "input.1"]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -98,6 +99,9 @@ def convert_command(
     present: str | None = typer.Option(
         None, "--present", help="The LoRA's blocks, for Inspire: input.1,input.2,middle.1,output.3,..."
     ),
+    lora: Path | None = typer.Option(
+        None, "--lora", help="Take the present blocks for Inspire from this LoRA file (instead of --present)."
+    ),
     fill: float = typer.Option(0.0, "--fill", help="Fill value for 17->26 / 12->20."),
     allow_drop: bool = typer.Option(
         False, "--allow-drop", help="Allow 26->17 / 20->12 to drop non-zero blocks."
@@ -109,14 +113,17 @@ def convert_command(
     target = to.strip().lower()
     if source_kind not in ("lbw", INSPIRE):
         raise WeightsError(f"--from must be lbw or inspire, not {source!r}")
-    if INSPIRE in (source_kind, target) and present is None:
-        raise WeightsError("Inspire vectors depend on the LoRA's blocks: pass --present input.1,middle.1,...")
+    if present is not None and lora is not None:
+        raise WeightsError("give the LoRA's blocks once: --present or --lora, not both")
+    if INSPIRE in (source_kind, target) and present is None and lora is None:
+        raise WeightsError(
+            "Inspire vectors depend on the LoRA's blocks: pass --lora FILE or --present input.1,middle.1,..."
+        )
+    blocks = _present_blocks(present, lora) if INSPIRE in (source_kind, target) else []
     if source_kind == INSPIRE:
         if target == INSPIRE:
             raise WeightsError("--from inspire needs --to 26, 20 or 61")
-        result = inspire_to_lbw(
-            parse_inspire_vector(text), parse_present_blocks(present or ""), layout_option(to), name=name
-        )
+        result = inspire_to_lbw(parse_inspire_vector(text), blocks, layout_option(to), name=name)
         for line in result.notes:
             note(line)
         print(result.weights.format())
@@ -125,7 +132,7 @@ def convert_command(
     if name is not None:
         weights = weights.with_name(name)
     if target == INSPIRE:
-        vector = lbw_to_inspire(weights, parse_present_blocks(present or ""))
+        vector = lbw_to_inspire(weights, blocks)
         for line in vector.notes:
             note(line)
         print(vector.text())
@@ -134,6 +141,16 @@ def convert_command(
     for line in conversion.notes():
         note(line)
     print(conversion.weights.format())
+
+
+def _present_blocks(present: str | None, lora: Path | None) -> list[tuple[str, int]]:
+    """The Inspire blocks present: parsed from --present, or read from the LoRA file's header."""
+    if lora is None:
+        return list(parse_present_blocks(present or ""))
+    from lbw.files.lora_file import LoraFile
+
+    with LoraFile.open(lora) as file:
+        return list(file.inspire_blocks)
 
 
 _PER_BLOCK = "a vector (26/17 SD, 20/12 SDXL values; BASE is ignored) or one number for every block"
