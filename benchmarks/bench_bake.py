@@ -1,14 +1,16 @@
 """Benchmark ``lbw bake`` and ``lbw merge`` against a plain safetensors load + save of the same file.
 
-Synthetic SDXL rank-32 fp16 LoRAs (lbw's fixtures, ~228 MB each) are written to a temporary folder. Measured in
-this run, medians of several repeats:
+Synthetic SDXL rank-32 fp16 LoRAs (lbw's fixtures, ~228 MB each) are written to a temporary folder. Each repeat
+runs every case once, in turn, so that machine load hits all of them alike; the medians are printed:
 - floor: ``safetensors.torch.load_file`` + ``save_file`` of the input (the practical floor for any rewrite);
-- floor+: the floor plus what every correct LoRA writer also does: SHA-256 of the data region
-  (``sshs_model_hash``) and fsync (atomic write);
-- bake: ``lbw.services.bake.bake`` with a mixed block vector (target ≤ 1.5x the floor);
-- peak memory of a bake, in a child process: peak RSS (VmHWM) minus the RSS after imports (target ≤ 2x the
-  file size);
-- merge of two such LoRAs without ``--rank`` (target ≤ 3x the floor).
+- floor+: the floor plus what the issue requires of every write, done one after the other: SHA-256 of the
+  written data region (``sshs_model_hash``, read back from the page cache through a 1 MiB buffer; the legacy
+  hash reads 64 KiB more) and an fsync (atomic write);
+- bake: ``lbw.services.bake.bake`` with a mixed 20-value block vector (target <= 1.5x the floor);
+- merge of two such LoRAs without ``--rank`` (target <= 3x the floor).
+Both ratios are printed for bake and merge. Peak memory is measured in a child process per case: VmHWM (the
+child's own peak RSS; ru_maxrss would include the parent's) minus VmRSS after the imports, against the input
+file size (target for bake <= 2x).
 
 Run: ``.venv/bin/python benchmarks/bench_bake.py [--repeats 3] [--rank 32]``
 """
@@ -26,33 +28,41 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# VmHWM (this process's peak RSS): unlike ru_maxrss, it is not inherited from the parent across fork/exec.
+VALUES = tuple([0.75] + [(0.0, 0.5, -0.5, 1.75, 1.0, 2.5)[i % 6] for i in range(19)])
+
+# One case in a fresh process; prints the RSS after imports and the peak RSS (VmHWM), in kB.
 CHILD = """
 import sys
+import torch, safetensors.torch  # noqa: F401 - loaded before the baseline
 from lbw.domain.layouts import XL20
 from lbw.domain.weights import BlockWeights
 from lbw.services.bake import bake
-import torch, safetensors.torch  # noqa: F401 - loaded before the baseline
+from lbw.services.merge import merge
+from lbw.services.sources import Defaults, open_source, parse_spec
 def status_kb(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field))
+case, out, inputs = sys.argv[1], sys.argv[2], sys.argv[3:]
 before = status_kb("VmRSS:")
-values = tuple([0.75] + [(0.0, 0.5, -0.5, 1.75, 1.0, 2.5)[i % 6] for i in range(19)])
-bake(sys.argv[1], sys.argv[2], BlockWeights(XL20, values, "Mixed"), options=None)
+if case == "floor":
+    safetensors.torch.save_file(safetensors.torch.load_file(inputs[0]), out)
+elif case == "bake":
+    bake(inputs[0], out, BlockWeights(XL20, tuple(float(v) for v in sys.argv[4].split(",")), "Mixed"))
+else:
+    merge([open_source(parse_spec(f"{inputs[0]}:0.8"), Defaults()),
+           open_source(parse_spec(f"{inputs[1]}:0.5"), Defaults())], out)
 print(before, status_kb("VmHWM:"))
 """
 
 
-def median_time(action: Callable[[], object], repeats: int, cleanup: Callable[[], None]) -> float:
-    """Median wall time of ``action`` over ``repeats`` runs, ``cleanup`` between runs (not timed)."""
-    times = []
-    for _ in range(repeats):
-        cleanup()
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    cleanup()
-    return statistics.median(times)
+def peak_memory(case: str, out: Path, inputs: list[str]) -> tuple[int, int]:
+    """(RSS after imports, peak RSS) in bytes of one case run in a child process."""
+    out.unlink(missing_ok=True)
+    child = subprocess.run([sys.executable, "-c", CHILD, case, str(out), *inputs], capture_output=True,
+                           text=True, check=True)
+    out.unlink(missing_ok=True)
+    before_kb, peak_kb = (int(v) for v in child.stdout.split())
+    return before_kb * 1024, peak_kb * 1024
 
 
 def main() -> None:
@@ -61,6 +71,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=32)
     args = parser.parse_args()
 
+    import torch
     from safetensors.torch import load_file, save_file
 
     from lbw.domain.layouts import XL20
@@ -76,24 +87,26 @@ def main() -> None:
         a = write_fixture("sdxl", work / "a.safetensors", rank=args.rank, dtype="fp16", seed=0)
         b = write_fixture("sdxl", work / "b.safetensors", rank=args.rank, alpha=args.rank // 2, dtype="fp16", seed=1)
         size = a.stat().st_size
-        print(f"fixtures: 2 x SDXL rank {args.rank} fp16, {size / 1e6:.1f} MB each "
-              f"({time.perf_counter() - start:.1f} s to generate)")
+        print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; fixtures: 2 x SDXL rank {args.rank} fp16, "
+              f"{size / 1e6:.1f} MB each ({time.perf_counter() - start:.1f} s to generate); "
+              f"medians of {args.repeats}")
         out = work / "out.safetensors"
-
-        def remove() -> None:
-            out.unlink(missing_ok=True)
+        weights = BlockWeights(XL20, VALUES, "Mixed")
 
         def floor() -> None:
             save_file(load_file(str(a)), str(out))
 
         def floor_plus() -> None:
             save_file(load_file(str(a)), str(out))
-            with open(out, "rb") as handle:
-                hashlib.sha256(handle.read()).hexdigest()
+            digest, buffer = hashlib.sha256(), bytearray(1 << 20)
+            with open(out, "rb+", buffering=0) as handle:
+                handle.seek(8 + int.from_bytes(handle.read(8), "little"))
+                while count := handle.readinto(buffer):
+                    digest.update(memoryview(buffer)[:count])
+                handle.seek(0x100000)
+                hashlib.sha256(handle.read(0x10000)).hexdigest()
                 os.fsync(handle.fileno())
-
-        values = tuple([0.75] + [(0.0, 0.5, -0.5, 1.75, 1.0, 2.5)[i % 6] for i in range(19)])
-        weights = BlockWeights(XL20, values, "Mixed")
+            digest.hexdigest()
 
         def do_bake() -> None:
             bake(a, out, weights)
@@ -104,23 +117,36 @@ def main() -> None:
             for source in sources:
                 source.lora.close()
 
-        t_floor = median_time(floor, args.repeats, remove)
-        t_floor_plus = median_time(floor_plus, args.repeats, remove)
-        t_bake = median_time(do_bake, args.repeats, remove)
-        t_merge = median_time(do_merge, args.repeats, remove)
-        child = subprocess.run([sys.executable, "-c", CHILD, str(a), str(out)], capture_output=True, text=True,
-                               check=True)
-        before_kb, peak_kb = (int(v) for v in child.stdout.split())
-        added = (peak_kb - before_kb) * 1024
+        cases: dict[str, Callable[[], None]] = {"floor": floor, "floor+": floor_plus, "bake": do_bake,
+                                                "merge": do_merge}
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.repeats):
+            for name, action in cases.items():
+                out.unlink(missing_ok=True)
+                begin = time.perf_counter()
+                action()
+                times[name].append(time.perf_counter() - begin)
+        out.unlink(missing_ok=True)
+        median = {name: statistics.median(values) for name, values in times.items()}
 
-        print(f"floor  load+save            median {t_floor:7.3f} s")
-        print(f"floor+ load+save+sha256+fsync median {t_floor_plus:7.3f} s")
-        print(f"bake   mixed XL20 vector     median {t_bake:7.3f} s   ratio {t_bake / t_floor:5.2f}x floor "
-              f"(target <= 1.5x), {t_bake / t_floor_plus:5.2f}x floor+")
-        print(f"merge  2 LoRAs, no --rank    median {t_merge:7.3f} s   ratio {t_merge / t_floor:5.2f}x floor "
-              f"(target <= 3x), {t_merge / t_floor_plus:5.2f}x floor+")
-        print(f"bake peak memory: +{added / 1e6:.1f} MB over the {before_kb / 1e3:.0f} MB after imports = "
-              f"{added / size:4.2f}x the file size (target <= 2x)")
+        def row(name: str, label: str, target: str = "") -> None:
+            shown = " ".join(f"{t:.3f}" for t in times[name])
+            line = f"{label:36s} median {median[name]:6.3f} s  (runs {shown})"
+            if name in ("bake", "merge"):
+                line += (f"   {median[name] / median['floor']:4.2f}x floor{target}, "
+                         f"{median[name] / median['floor+']:4.2f}x floor+")
+            print(line)
+
+        row("floor", "floor   safetensors load + save")
+        row("floor+", "floor+  + sha256 + fsync")
+        row("bake", "bake    mixed XL20 vector", " (target <= 1.5x)")
+        row("merge", "merge   2 LoRAs, no --rank", " (target <= 3x)")
+        vector = ",".join(str(v) for v in VALUES)
+        for case, inputs in (("floor", [str(a)]), ("bake", [str(a), vector]), ("merge", [str(a), str(b)])):
+            before, peak = peak_memory(case, out, inputs)
+            target = " (target <= 2x)" if case == "bake" else ""
+            print(f"peak memory {case:5s}: +{(peak - before) / 1e6:6.1f} MB over {before / 1e6:.0f} MB after "
+                  f"imports = {(peak - before) / size:4.2f}x the input file size{target}")
 
 
 if __name__ == "__main__":

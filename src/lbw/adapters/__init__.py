@@ -28,10 +28,12 @@ from lbw.adapters.kinds import (
 _LAZY = {
     "delta": "registry",
     "frobenius_norm": "registry",
+    "frobenius_norms": "lora",
     "dense_frobenius_norm": "registry",
     "bias_delta": "registry",
     "scale_module": "registry",
     "scale_balanced": "scale",
+    "scale_tensor": "scale",
     "concat_rank": "concat",
     "compress": "svd",
     "compress_lora": "svd",
@@ -52,10 +54,12 @@ __all__ = [
     "dense_frobenius_norm",
     "dora_to_full",
     "frobenius_norm",
+    "frobenius_norms",
     "kind_of_roles",
     "rank_of",
     "scale_balanced",
     "scale_module",
+    "scale_tensor",
     "scaled_roles",
 ]
 

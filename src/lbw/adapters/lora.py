@@ -33,16 +33,20 @@ class LoraParts:
     shape: tuple[int, ...]  # the natural ΔW shape
 
 
-def parts(roles: c.Roles) -> LoraParts:
-    """Validate a LoRA/LoCon module and return its factors as matrices in the compute dtype.
+def parts(roles: c.Roles, *, compute: bool = True) -> LoraParts:
+    """Validate a LoRA/LoCon module and return its factors as matrices in the compute dtype (with
+    ``compute=False``: as stored, no copy; for shape checks and callers that round once themselves).
 
     Example:
         >>> parts({"lora_up": torch.ones(4, 2, 1, 1), "lora_down": torch.ones(2, 3, 3, 3)}).shape
         (4, 3, 3, 3)
     """
-    up_raw, down_raw = c.fetch(roles, "lora_up", "lora_down")
+    if compute:
+        up_raw, down_raw = c.fetch(roles, "lora_up", "lora_down")
+    else:
+        up_raw, down_raw = roles["lora_up"], roles["lora_down"]
     up = c.up_matrix(up_raw, "lora_up")
-    mid = c.optional(roles, "lora_mid", up)
+    mid = c.optional(roles, "lora_mid", up) if compute else roles.get("lora_mid")
     scale = alpha_scale(c.shapes_of(roles), c.alpha_of(roles))
     if mid is None:
         down = c.as_matrix(down_raw, "lora_down")
@@ -80,6 +84,28 @@ def frobenius_norm(roles: c.Roles) -> float:
     p = parts(roles)
     norm_sq = c.lowrank_norm_sq(p.up, p.down) if p.mid is None else c.tucker_norm_sq(p.up, p.mid, p.down)
     return abs(p.scale) * math.sqrt(max(norm_sq, 0.0))
+
+
+def frobenius_norms(
+    ups: torch.Tensor, downs: torch.Tensor, scales: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
+    """||s_i·U_i·D_i||_F for a batch of same-shaped plain LoRA modules, from r×r Gram matrices:
+    sum((U_iᵀU_i) ⊙ (D_i D_iᵀ)) per module, never forming ΔW. ``ups`` [n, out, r], ``downs`` [n, r, in·kh·kw]
+    (conv factors flattened), ``scales`` [n] (α/r, any sign); products in the factors' dtype (use float32 or
+    float64). Returns float64 [n]: |s_i| times the square root taken in the factors' dtype.
+
+    Example:
+        >>> frobenius_norms(torch.ones(2, 3, 1), torch.ones(2, 1, 3), [1.0, -0.5]).tolist()
+        [3.0, 1.5]
+    """
+    if ups.dim() != 3 or downs.dim() != 3 or ups.shape[0] != downs.shape[0] or ups.shape[2] != downs.shape[1]:
+        raise AdapterError(f"batched factors must be ups [n, out, r] and downs [n, r, in], found "
+                           f"{list(ups.shape)} and {list(downs.shape)}")
+    roots = ((ups.mT @ ups) * (downs @ downs.mT)).sum(dim=(1, 2)).clamp_min(0).sqrt()
+    factors = torch.as_tensor(scales, dtype=torch.float64).reshape(-1)
+    if factors.numel() != ups.shape[0]:
+        raise AdapterError(f"{factors.numel()} scales for {ups.shape[0]} modules")
+    return factors.abs() * roots.to(device="cpu", dtype=torch.float64)
 
 
 def dense_frobenius_norm(roles: c.Roles) -> float:

@@ -108,9 +108,15 @@ def bias_delta(kind: AdapterKind | str, roles: c.Roles, *, where: str | None = N
 
 
 def scale_module(
-    kind: AdapterKind | str, roles: c.Roles, factor: float, *, where: str | None = None
+    kind: AdapterKind | str,
+    roles: c.Roles,
+    factor: float,
+    *,
+    out_dtype: scale.OutDtype = None,
+    where: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Roles with ΔW multiplied by ``factor`` (one factor scaled, alpha kept); DoRA is refused.
+    """Roles with ΔW multiplied by ``factor`` (one factor scaled, alpha kept); DoRA is refused. Scaled roles in
+    the compute dtype, or computed in float32 and rounded once to ``out_dtype`` (a dtype, or ``"input"``).
 
     Example:
         >>> scale_module("loha", {"hada_w1_a": torch.ones(1, 1), "hada_w1_b": torch.ones(1, 1),
@@ -118,7 +124,7 @@ def scale_module(
         3.0
     """
     with _located(where):
-        return scale.scale_module(kind, roles, factor)
+        return scale.scale_module(kind, roles, factor, out_dtype=out_dtype)
 
 
 def _checked(kind: AdapterKind | str, roles: c.Roles) -> AdapterKind:

@@ -18,10 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import queue
 import struct
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +35,10 @@ from lbw.files.atomic import atomic_path
 from lbw.files.hashes import (
     CHUNK,
     LEGACY_HASH_KEY,
+    LEGACY_LENGTH,
+    LEGACY_OFFSET,
     MODEL_HASH_KEY,
     legacy_slice_hash,
-    sha256_chunks,
 )
 from lbw.files.safetensors_header import read_header
 
@@ -120,19 +124,43 @@ def encode_header(entries: Sequence[HeaderEntry], metadata: Mapping[str, str] | 
     >>> encode_header([Entry("a", "F16", (2,), 0, 4)], {"k": "v"})[8:]
     b'{"__metadata__":{"k":"v"},"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}      '
     """
-    document: dict[str, Any] = {} if metadata is None else {"__metadata__": dict(metadata)}
-    for entry in entries:
-        document[entry.name] = {
-            "dtype": entry.dtype,
-            "shape": list(entry.shape),
-            "data_offsets": [entry.begin, entry.end],
-        }
-    try:
-        text = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise OutputError(f"metadata holds text that is not valid Unicode ({error.reason})") from None
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text
+    return HeaderEncoder(entries).encode(metadata)
+
+
+class HeaderEncoder:
+    """Encodes headers for one set of entries with different metadata, serialising the entries once (a LoRA
+    header is mostly entries; the writer needs it with placeholder, ``ss_*``-only and final metadata).
+
+    >>> encoder = HeaderEncoder([Entry("a", "F16", (2,), 0, 4)])
+    >>> encoder.encode({"k": "v"}) == encode_header([Entry("a", "F16", (2,), 0, 4)], {"k": "v"})
+    True
+    """
+
+    def __init__(self, entries: Sequence[HeaderEntry]) -> None:
+        # The members text, exactly as json.dumps writes {name: {"dtype", "shape", "data_offsets"}} compactly;
+        # built as strings because thousands of small dicts and lists would only feed the garbage collector.
+        self._entries = ",".join(
+            f'{_json(entry.name)}:{{"dtype":{_json(entry.dtype)},"shape":[{",".join(map(str, entry.shape))}],'
+            f'"data_offsets":[{entry.begin},{entry.end}]}}'
+            for entry in entries
+        )
+
+    def encode(self, metadata: Mapping[str, str] | None) -> bytes:
+        """``8 + N`` header bytes with ``metadata`` as ``__metadata__`` (none when None)."""
+        members = [] if metadata is None else ['"__metadata__":' + _json(dict(metadata))]
+        if self._entries:
+            members.append(self._entries)
+        try:
+            text = ("{" + ",".join(members) + "}").encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise OutputError(f"metadata holds text that is not valid Unicode ({error.reason})") from None
+        text += b" " * (-len(text) % 8)
+        return struct.pack("<Q", len(text)) + text
+
+
+def _json(value: Any) -> str:
+    """Compact JSON as the safetensors library writes it (non-ASCII kept as is)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
@@ -154,30 +182,76 @@ def save_lora(
     *,
     force: bool = False,
     hashes: bool = True,
+    final_metadata: Callable[[], Mapping[str, str]] | None = None,
 ) -> WrittenFile:
     """Write ``tensors`` and ``metadata`` to ``dest`` atomically; with ``hashes`` set ``sshs_model_hash`` and
     ``sshs_legacy_hash`` computed from the bytes written (legacy: over the ``ss_*``-only serialisation, as
     sd-scripts does). Refuses an existing ``dest`` unless ``force`` (OutputError).
+
+    One pass: the header goes out with placeholder hashes of their final length, each tensor's bytes are
+    written straight from the tensor (no serialised copy) while a background thread hashes the same bytes
+    (hashlib releases the GIL), then the header is rewritten in place with the hashes. The temporary file is
+    fsynced before the rename (``atomic_path``), so an interrupted write leaves nothing at ``dest``.
+
+    ``final_metadata``, when given, is called once the data are written and returns the metadata to store in
+    place of ``metadata``, which then only holds placeholders of the same encoded length (e.g. a source hash
+    still being computed on another thread, given as 64 zeros). A different header length is an OutputError.
 
     >>> save_lora(tensors, {"ss_network_dim": "8"}, "out.safetensors").model_hash[:12]
     '5d41402abc4b'
     """
     dest = Path(dest)
     _check_dest(dest, force)
-    md = check_metadata(metadata) if metadata is not None else None
-    entries, views = _layout(tensors)
-    model_hash = legacy = None
-    if hashes:
-        model_hash = sha256_chunks(views)
-        training = {k: v for k, v in (md or {}).items() if k.startswith("ss_")}
-        legacy = legacy_slice_hash(encode_header(entries, training), _memory_reader(entries, views))
-        md = {**(md or {}), MODEL_HASH_KEY: model_hash, LEGACY_HASH_KEY: legacy}
-    prefix = encode_header(entries, md)
+    entries, datas = _layout(tensors)  # datas stay referenced until the write is over
+    header = HeaderEncoder(entries)
+    md = _with_hashes(check_metadata(metadata) if metadata is not None else None, hashes, "0" * 64, "0" * 8)
+    prefix = header.encode(md)
+    window = _LegacyWindow(header.encode(_training(md))) if hashes else None
     with atomic_path(dest) as tmp, open(tmp, "wb") as out:
         out.write(prefix)
-        for view in views:
-            out.write(view)
-    return WrittenFile(dest, model_hash, legacy, len(prefix) + sum(v.nbytes for v in views))
+        with _BackgroundSha256(enabled=hashes) as digest:
+            for entry, data in zip(entries, datas, strict=True):
+                view = _bytes_of(data)
+                out.write(view)
+                digest.update(view)
+                if window is not None:
+                    window.capture(entry.begin, view)
+            if final_metadata is None and not hashes:
+                md_final = md
+            else:
+                out.flush()
+                _datasync(out.fileno())  # write the data back while the hash finishes; atomic_path fsyncs again
+                md_final = md if final_metadata is None else check_metadata(final_metadata())
+                if hashes:
+                    assert window is not None
+                    legacy = window.hexdigest(header.encode(_training(md_final)))
+                    md_final = _with_hashes(md_final, hashes, digest.hexdigest(), legacy)
+        if md_final is not md:
+            final = header.encode(md_final)
+            if len(final) != len(prefix):
+                raise OutputError(f"internal error: the header changed length ({len(prefix)} to {len(final)} "
+                                  "bytes) when its final values were set", where=str(dest))
+            out.seek(0)
+            out.write(final)
+    model_hash = md_final.get(MODEL_HASH_KEY) if hashes and md_final is not None else None
+    legacy_hash = md_final.get(LEGACY_HASH_KEY) if hashes and md_final is not None else None
+    return WrittenFile(dest, model_hash, legacy_hash, len(prefix) + (entries[-1].end if entries else 0))
+
+
+# fdatasync where the platform has it (not macOS), else fsync.
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
+def _with_hashes(md: dict[str, str] | None, hashes: bool, model: str, legacy: str) -> dict[str, str] | None:
+    """``md`` with the two hash keys set (kept in place when present, else appended), or as is without hashes."""
+    if not hashes:
+        return md
+    return {**(md or {}), MODEL_HASH_KEY: model, LEGACY_HASH_KEY: legacy}
+
+
+def _training(md: Mapping[str, str] | None) -> dict[str, str]:
+    """The ``ss_*`` keys: the metadata of the serialisation sd-scripts takes the legacy hash over."""
+    return {k: v for k, v in (md or {}).items() if k.startswith("ss_")}
 
 
 def rewrite_metadata(
@@ -269,8 +343,8 @@ def _file_reader(source, data_start: int) -> Callable[[int, int], bytes]:
     return read
 
 
-def _layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[Entry], list[memoryview]]:
-    """Header entries and raw little-endian bytes of ``tensors``, in safetensors' data order."""
+def _layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[Entry], list[torch.Tensor]]:
+    """Header entries and contiguous CPU tensors of ``tensors``, in safetensors' data order."""
     import torch
 
     rows = []
@@ -282,24 +356,122 @@ def _layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[Entry], list[memo
             raise OutputError(
                 f"tensor {name!r} has dtype {tensor.dtype}, which safetensors files cannot hold"
             )
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        rows.append((DTYPE_ORDER.index(dtype), name, dtype, tuple(tensor.shape), flat))
+        data = tensor.detach() if tensor.requires_grad else tensor
+        if data.device.type != "cpu":
+            data = data.cpu()
+        if not data.is_contiguous():
+            data = data.contiguous()
+        rows.append((DTYPE_ORDER.index(dtype), name, dtype, tuple(tensor.shape), data))
     rows.sort(key=lambda row: (row[0], row[1]))
-    entries, views, offset = [], [], 0
-    for _, name, dtype, shape, flat in rows:
-        view = memoryview(flat.view(torch.uint8).numpy()).cast("B")
-        entries.append(Entry(name, dtype, shape, offset, offset + view.nbytes))
-        views.append(view)
-        offset += view.nbytes
-    return entries, views
+    entries, datas, offset = [], [], 0
+    for _, name, dtype, shape, data in rows:
+        nbytes = data.numel() * data.element_size()
+        entries.append(Entry(name, dtype, shape, offset, offset + nbytes))
+        datas.append(data)
+        offset += nbytes
+    return entries, datas
 
 
-def _memory_reader(entries: Sequence[Entry], views: Sequence[memoryview]) -> Callable[[int, int], bytes]:
-    def read(offset: int, length: int) -> bytes:
-        stop, parts = offset + length, []
-        for entry, view in zip(entries, views, strict=True):
-            if entry.end > offset and entry.begin < stop:
-                parts.append(bytes(view[max(offset - entry.begin, 0) : min(stop, entry.end) - entry.begin]))
-        return b"".join(parts)
+def _bytes_of(data: torch.Tensor) -> memoryview:
+    """The raw (little-endian) bytes of a contiguous CPU tensor, without a copy. The view does not keep the
+    tensor alive: the caller holds it until every use of the view is over."""
+    nbytes = data.numel() * data.element_size()
+    return memoryview((ctypes.c_char * nbytes).from_address(data.data_ptr())).cast("B")
 
-    return read
+
+class _LegacyWindow:
+    """Collects the data bytes inside the legacy-hash window of the ``ss_*``-only serialisation (whose
+    ``8 + N`` prefix is given), so the legacy hash needs neither a second serialisation nor a re-read."""
+
+    def __init__(self, prefix: bytes) -> None:
+        self._size = len(prefix)
+        self._begin = max(LEGACY_OFFSET - len(prefix), 0)
+        self._end = max(LEGACY_OFFSET + LEGACY_LENGTH - len(prefix), 0)
+        self._data = bytearray()
+
+    def capture(self, offset: int, view: memoryview) -> None:
+        """Keep the part of ``view`` (data bytes from ``offset``) inside the window; views come in data order."""
+        low, high = max(self._begin, offset), min(self._end, offset + view.nbytes)
+        if low < high:
+            self._data += view[low - offset : high - offset]
+
+    def hexdigest(self, prefix: bytes) -> str:
+        """The legacy hash (8 hex) given the final ``ss_*``-only prefix (same length as the first one)."""
+        if len(prefix) != self._size:
+            raise OutputError("internal error: the ss_* metadata changed length when its final values were set")
+        data = bytes(self._data)
+        return legacy_slice_hash(prefix, lambda offset, length: data[offset - self._begin :][:length])
+
+
+class _BackgroundSha256:
+    """SHA-256 of the bytes given to ``update``, computed on a background thread so hashing overlaps with
+    writing (hashlib releases the GIL on large inputs). Views must stay unchanged until ``hexdigest``; small
+    ones are batched into one copy. Leaving the ``with`` block on an error stops the thread."""
+
+    _SMALL = 1 << 16
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self._enabled = enabled
+        self._queue: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
+        self._pending = bytearray()
+        self._digest = hashlib.sha256()
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lbw-sha256", daemon=True)
+        self._result: str | None = None
+
+    def __enter__(self) -> _BackgroundSha256:
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if not self._enabled:
+            return
+        if error is not None:
+            self._stop = True
+        self._finish()
+
+    def update(self, view: memoryview) -> None:
+        """Queue ``view`` for hashing (in order)."""
+        if not self._enabled:
+            return
+        if view.nbytes < self._SMALL:
+            self._pending += view
+            if len(self._pending) >= self._SMALL:
+                self._flush()
+            return
+        self._flush()
+        self._queue.put(view)
+
+    def hexdigest(self) -> str:
+        """The digest of everything given to ``update`` (waits for the thread)."""
+        if not self._enabled:
+            raise OutputError("internal error: hashing was not enabled")
+        self._finish()
+        if self._error is not None:
+            raise OutputError(f"internal error while hashing the output: {self._error}")
+        assert self._result is not None
+        return self._result
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._queue.put(bytes(self._pending))
+            self._pending.clear()
+
+    def _finish(self) -> None:
+        if self._result is None:
+            self._flush()
+            self._queue.put(None)
+            self._thread.join()
+            self._result = self._digest.hexdigest()
+
+    def _run(self) -> None:
+        try:
+            while (item := self._queue.get()) is not None:
+                if not self._stop:
+                    self._digest.update(item)
+        except BaseException as error:  # reported by hexdigest
+            self._error = error
+            while self._queue.get() is not None:
+                pass

@@ -22,9 +22,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,7 @@ def bake_file(
         ...     bake_file(lora, plan, "b.safetensors").removed[:1]
         ('lora_unet_down_blocks_0_attentions_0_proj_in',)
     """
-    from lbw.files.hashes import addnet_hash
+    from lbw.files.mapped import MappedTensors
     from lbw.files.writer import save_lora
 
     options = options or BakeOptions()
@@ -139,12 +140,13 @@ def bake_file(
     removed: list[str] = []
     dora_dense: list[str] = []
     base = _open_base(lora, plan, options)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        source_hash_job = pool.submit(addnet_hash, lora.path)  # hashlib releases the GIL: runs alongside
+    mapped = MappedTensors(lora.header)  # zero-copy reads: unchanged tensors are written from the page cache
+    with ThreadPoolExecutor(max_workers=1) as pool, bulk_mode():
+        source_hash_job = pool.submit(mapped.data_sha256)  # hashlib releases the GIL: runs alongside
         try:
             total = len(lora.modules)
             for done, module in enumerate(lora.modules, start=1):
-                baked = bake_module(lora, module, plan, options, base)
+                baked = bake_module(lora, module, plan, options, base, read=mapped.tensors)
                 if baked is None:
                     removed.append(module.name)
                 else:
@@ -156,16 +158,23 @@ def bake_file(
         finally:
             if base is not None:
                 base.close()
+            mapped.close()
+        if not tensors:
+            raise OutputError("every module is at weight 0; nothing to write (use --keep-zero to keep them)",
+                              where=str(dest))
+        gone = set(removed)
+        kept = [m for m in lora.modules if m.name not in gone]
+
+        def metadata_with(source_hash: str) -> dict[str, str]:
+            return baked_metadata(lora, plan, dest, source_hash, kept, dora_dense)
+
+        # The source hash may still be running: the header is written with a placeholder of its length and
+        # completed once the data are out.
+        written = save_lora(tensors, metadata_with("0" * 64), dest, force=options.force,
+                            final_metadata=lambda: metadata_with(source_hash_job.result()))
         source_hash = source_hash_job.result()
-    if not tensors:
-        raise OutputError("every module is at weight 0; nothing to write (use --keep-zero to keep them)",
-                          where=str(dest))
-    gone = set(removed)
-    kept = [m for m in lora.modules if m.name not in gone]
-    metadata = baked_metadata(lora, plan, dest, source_hash, kept, dora_dense)
-    written = save_lora(tensors, metadata, dest, force=options.force)
     return BakeReport(lora.path, plan, len(lora.modules), len(kept), tuple(removed), tuple(dora_dense),
-                      lora.header.file_size, source_hash, written, metadata)
+                      lora.header.file_size, source_hash, written, metadata_with(source_hash))
 
 
 def bake_module(
@@ -174,14 +183,24 @@ def bake_module(
     plan: FactorPlan,
     options: BakeOptions,
     base: BaseWeights | None,
+    *,
+    read: Callable[[Mapping[str, str]], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor] | None:
-    """The baked roles of one module (compute dtype where scaled), or None when it is removed.
+    """The baked roles of one module, or None when it is removed. Scaled roles come back computed in float32
+    and rounded once to the output dtype (``--dtype``, else each tensor's stored dtype); a DoRA module's dense
+    diff in float32. ``read`` (module keys -> role tensors) defaults to ``lora.module_tensors``.
 
     Example:
         >>> bake_module(lora, lora.modules[0], plan, BakeOptions(), None)["lora_up"].dtype
-        torch.float32
+        torch.float16
     """
-    from lbw.adapters import dora_to_full, scale_balanced
+    from lbw.adapters.dora import dora_to_full
+    from lbw.adapters.registry import scale_module
+    from lbw.adapters.scale import scale_balanced
+    from lbw.files.lora_file import with_config_alpha
+
+    def roles_of() -> dict[str, torch.Tensor]:
+        return lora.module_tensors(module) if read is None else with_config_alpha(module, read(module.keys))
 
     factor = plan.factor(module)
     if module.kind is AdapterKind.DORA:
@@ -194,49 +213,76 @@ def bake_module(
         if multiplier == 0 and not options.keep_zero:
             return None  # the applied delta is m·(W' − W0): zero at m = 0 only
         assert base is not None
-        roles = lora.module_tensors(module)
         weight = base.weight(module, plan.architecture)
-        return dora_to_full(roles, weight, plan.ratio(module), strength=multiplier)
+        return dora_to_full(roles_of(), weight, plan.ratio(module), strength=multiplier)
     if factor == 0 and not options.keep_zero:
         return None
-    roles = lora.module_tensors(module)
+    roles = roles_of()
     if factor == 1.0:
         return roles
+    target = torch_dtype(options.dtype) or "input"
     if options.balanced and module.kind is AdapterKind.LORA:
-        return scale_balanced(roles, factor)
-    scaled = scale_one_factor(roles, factor, torch_dtype(options.dtype))
-    if abs(factor) > 1:  # only a factor above 1 can overflow a finite input
-        for role, tensor in scaled.items():
-            if tensor is not roles.get(role) and tensor.is_floating_point():
-                check_finite(tensor, role, module)
+        scaled = scale_balanced(roles, factor, out_dtype=target)
+    else:
+        scaled = scale_module(module.kind, roles, factor, out_dtype=target, where=module.name)
+    check_scaled(scaled, roles, factor, module)
     return scaled
 
 
-def scale_one_factor(
-    roles: Mapping[str, torch.Tensor], factor: float, out_dtype: torch.dtype | None
-) -> dict[str, torch.Tensor]:
-    """The roles with the factor LBW scales (``kinds.scaled_roles``) multiplied by ``factor``: computed in
-    float32 and rounded once to the output dtype. When the output dtype is the stored one, torch's half/bfloat16
-    multiply by a Python scalar already computes in float32 and rounds once (one pass, no float32 copy);
-    otherwise the tensor goes through float32 explicitly. Same result as ``lbw.adapters.scale_module``.
+def check_scaled(
+    scaled: Mapping[str, torch.Tensor], roles: Mapping[str, torch.Tensor], factor: float, module: Module
+) -> None:
+    """Refuse scaled roles that overflowed their dtype (only possible for a factor above 1 or a narrowing cast;
+    one fast min/max pass each then).
 
     Example:
-        >>> scale_one_factor({"lora_up": up, "lora_down": down}, -0.5, None)["lora_up"].dtype
-        torch.float16
+        >>> check_scaled({"lora_up": torch.tensor([7e4]).half()}, {"lora_up": torch.ones(1).half()}, 7e4, module)
+        Traceback (most recent call last):
+        lbw.errors.AdapterError: lora_unet_...: lora_up overflows fp16 after scaling; bake with --dtype fp32 ...
     """
     import torch
 
-    from lbw.adapters.kinds import scaled_roles
+    for role, tensor in scaled.items():
+        source = roles.get(role)
+        if source is None or tensor is source or not tensor.is_floating_point():
+            continue
+        narrower = source.is_floating_point() and torch.finfo(tensor.dtype).max < torch.finfo(source.dtype).max
+        if abs(factor) > 1 or narrower:
+            check_finite(tensor, role, module)
 
-    result = dict(roles)
-    for role in scaled_roles(roles):
-        tensor = roles[role]
-        target = out_dtype or tensor.dtype
-        if tensor.dtype == target and target in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            result[role] = tensor * factor
-        else:
-            result[role] = (tensor.to(torch.float32) * factor).to(target)
-    return result
+
+@contextlib.contextmanager
+def bulk_mode(*, single_thread: bool = True) -> Iterator[None]:
+    """For a while (both restored after): torch single-threaded (unless ``single_thread`` is False), and Python's
+    cyclic garbage collector paused.
+
+    Bake and merge do thousands of small, memory-bound tensor ops while hashing threads keep the other cores
+    busy: torch's intra-op threads then wait on each other (seconds lost on a busy 2-core machine). They also
+    create tens of thousands of objects that live until the file is written, which trigger full collections
+    over every object of the process (about 0.1 s per merge) and free nothing; cyclic garbage made meanwhile is
+    collected once the collector is back on. Elementwise results do not depend on either; SVD and QR results do
+    depend on the thread count (LAPACK blocking), so compression keeps the caller's threads.
+
+    Example:
+        >>> with bulk_mode():
+        ...     torch.get_num_threads(), gc.isenabled()
+        (1, False)
+    """
+    import gc
+
+    import torch
+
+    threads = torch.get_num_threads()
+    collecting = gc.isenabled()
+    if single_thread:
+        torch.set_num_threads(1)
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+        torch.set_num_threads(threads)
 
 
 def output_tensors(
@@ -246,7 +292,9 @@ def output_tensors(
     out_dtype: torch.dtype | None,
 ) -> dict[str, torch.Tensor]:
     """Key → tensor for one baked module: each floating tensor cast once (to ``out_dtype`` or the dtype it has
-    in the file); a cast to a narrower dtype that overflows to inf is an AdapterError naming the module.
+    in the file); a cast to a narrower dtype that overflows to inf is an AdapterError naming the module. An
+    ``alpha`` the file holds in its PEFT adapter config, not as a tensor, stays there (the output keeps the
+    metadata), so it is not written as a tensor.
 
     Example:
         >>> list(output_tensors(lora, module, {"lora_up": up, "lora_down": down}, None))
@@ -256,6 +304,8 @@ def output_tensors(
 
     result = {}
     for role, tensor in roles.items():
+        if role == "alpha" and "alpha" not in module.keys and module.config_alpha is not None:
+            continue
         target = out_dtype or stored_dtype(lora, module, role)
         if tensor.is_floating_point() and tensor.dtype != target:
             narrower = torch.finfo(target).max < torch.finfo(tensor.dtype).max

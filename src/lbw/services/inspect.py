@@ -246,16 +246,15 @@ def _batch_size(module: Module) -> int:
 
 
 def _batched_lora_norms(lora: LoraFile, modules: list[Module], device: str) -> list[float]:
-    """||s·U·D||_F for same-shaped plain LoRA modules: sum((UᵀU) ⊙ (DDᵀ)) per module, in float32."""
+    """||s·U·D||_F for same-shaped plain LoRA modules (``lbw.adapters.lora.frobenius_norms``), in float32."""
+    from lbw.adapters.lora import frobenius_norms
 
     up_shape = modules[0].shapes["lora_up"]
     rank = up_shape[1]
     ups = lora.stacked(modules, "lora_up").reshape(len(modules), up_shape[0], rank)
     downs = lora.stacked(modules, "lora_down").reshape(len(modules), rank, -1)
-    ups, downs = ups.to(device), downs.to(device)
-    squares = ((ups.mT @ ups) * (downs @ downs.mT)).sum(dim=(1, 2)).clamp_min(0).sqrt().tolist()
-    scales = [abs(alpha_scale(module.shapes, module.stored_alpha)) for module in modules]
-    return [scale * value for scale, value in zip(scales, squares, strict=True)]
+    scales = [alpha_scale(module.shapes, module.stored_alpha) for module in modules]
+    return frobenius_norms(ups.to(device), downs.to(device), scales).tolist()
 
 
 @contextlib.contextmanager

@@ -34,17 +34,19 @@ from lbw.adapters.kinds import AdapterKind
 from lbw.domain.numbers import format_number
 from lbw.errors import AdapterError, LoraFileError, OutputError
 from lbw.files.modules import Module, natural_key
+from lbw.files.peft_config import ADAPTER_METADATA_KEY
 from lbw.services.bake import (
     HASH_KEYS,
     INFERENCE_WEIGHT_KEYS,
     MERGED_FROM_KEY,
+    bulk_mode,
     check_destination,
     check_finite,
+    check_scaled,
     dim_alpha_text,
     key_for_role,
     output_stem,
     refuse_unsupported,
-    scale_one_factor,
     source_title,
     torch_dtype,
 )
@@ -128,7 +130,8 @@ def merge(
         >>> merge(sources, "ab.safetensors", options=MergeOptions(rank=16)).overall_error < 0.1
         True
     """
-    from lbw.files.hashes import addnet_hash
+    from lbw.files.lora_file import with_config_alpha
+    from lbw.files.mapped import MappedTensors
     from lbw.files.writer import save_lora
 
     options = options or MergeOptions()
@@ -145,35 +148,57 @@ def merge(
     tensors: dict[str, torch.Tensor] = {}
     counts = {"joined": 0, "carried": 0, "summed": 0}
     tally = _Tally()
+    # Zero-copy reads: unchanged factors are written from the page cache; each source is hashed from its map.
+    mapped = [MappedTensors(source.lora.header) for source in sources]
+    by_source = {id(source): one for source, one in zip(sources, mapped, strict=True)}
+
+    def read(source: OpenSource, module: Module) -> dict[str, torch.Tensor]:
+        return with_config_alpha(module, by_source[id(source)].tensors(module.keys))
+
     pool = ThreadPoolExecutor(max_workers=1)  # hashlib releases the GIL: the sources hash alongside the merge
-    hash_jobs = [pool.submit(addnet_hash, source.lora.path) for source in sources]
+    hash_jobs = [pool.submit(one.data_sha256) for one in mapped]
     ranks: set[int] = set()
     alphas: set[float | None] = set()
     try:
-        for done, name in enumerate(names, start=1):
-            terms = _terms(sources, name)
-            if terms:
-                how, roles, first = _merge_module(terms, options, base, tally)
-                counts[how] += 1
-                tensors.update(_output_tensors(first, roles, out_dtype))
-                if "lora_down" in roles:
-                    ranks.add(int(roles["lora_down"].shape[0]))
-                    alphas.add(float(roles["alpha"]) if "alpha" in roles else float(roles["lora_down"].shape[0]))
-            if progress is not None:
-                progress(done, len(names))
+        with bulk_mode(single_thread=options.rank is None):
+            for done, name in enumerate(names, start=1):
+                terms = _terms(sources, name)
+                if terms:
+                    how, roles, first = _merge_module(terms, options, base, tally, read)
+                    counts[how] += 1
+                    tensors.update(_output_tensors(first, roles, out_dtype))
+                    if "lora_down" in roles:
+                        rank = int(roles["lora_down"].shape[0])
+                        ranks.add(rank)
+                        alphas.add(float(roles["alpha"]) if "alpha" in roles else float(rank))
+                if progress is not None:
+                    progress(done, len(names))
+            if not tensors:
+                raise OutputError("every module is at weight 0; nothing to write", where=str(dest))
+            dim_alpha = dim_alpha_text(ranks, alphas)
+
+            def metadata_with(hashes: Sequence[str]) -> dict[str, str]:
+                return merged_metadata(sources, hashes, dest, options, dim_alpha)
+
+            # The source hashes may still be running: the header is written with placeholders of their length and
+            # completed once the data are out.
+            written = save_lora(tensors, metadata_with(["0" * 64] * len(sources)), dest, force=options.force,
+                                final_metadata=lambda: metadata_with([job.result() for job in hash_jobs]))
+            metadata = metadata_with([job.result() for job in hash_jobs])
     finally:
         if base is not None:
             base.close()
-        hashes = [job.result() for job in hash_jobs]
-        pool.shutdown()
-    if not tensors:
-        raise OutputError("every module is at weight 0; nothing to write", where=str(dest))
-    metadata = merged_metadata(sources, hashes, dest, options, dim_alpha_text(ranks, alphas))
-    written = save_lora(tensors, metadata, dest, force=options.force)
+        for one in mapped:
+            one.close()
+        pool.shutdown(cancel_futures=True)
     blocks, overall = _errors(tally)
     modules_out = sum(counts.values())
     return MergeReport(modules_out, counts["joined"], counts["carried"], counts["summed"],
                        sum(tally.compressed.values()), blocks, overall, written, metadata)
+
+
+# Reads a module's role tensors from its source.
+Reader = Callable[[OpenSource, Module], "dict[str, torch.Tensor]"]
 
 
 def _terms(sources: Sequence[OpenSource], name: str) -> list[tuple[OpenSource, Module]]:
@@ -195,102 +220,136 @@ def _merge_module(
     options: MergeOptions,
     base: BaseWeights | None,
     tally: _Tally,
+    read: Reader,
 ) -> tuple[str, dict[str, torch.Tensor], Module]:
-    """(how, roles, reference module) for one module name."""
-    from lbw.adapters import compress_lora, concat_rank
+    """(how, roles, reference module) for one module name. Scaled and joined factors come back computed in
+    float32 and rounded once to the output dtype; the other roles as read."""
+    from lbw.adapters.concat import concat_rank
+    from lbw.adapters.registry import scale_module
+    from lbw.adapters.svd import compress
 
     first = terms[0][1]
     kinds = {module.kind for _, module in terms}
     block = first.block or "unmapped"
     limit = _rank_limit(first, options)
-    if kinds == {AdapterKind.LORA}:
-        items = [(s.lora.module_tensors(m), s.plan.factor(m)) for s, m in terms]
-        if len(terms) == 1:
-            roles, factor = items[0]
-            roles = roles if factor == 1.0 else scale_one_factor(roles, factor, torch_dtype(options.dtype))
-            how = "carried"
-        else:
-            roles, how = concat_native(items, torch_dtype(options.dtype)) or concat_rank(items), "joined"
-        if limit is not None and int(roles["lora_down"].shape[0]) > limit:
-            from lbw.adapters import frobenius_norm
-
-            norm = frobenius_norm(AdapterKind.LORA, roles)
-            roles, error = compress_lora(roles, limit)
-            tally.add(block, norm, error, True)
-        elif limit is not None:
-            tally.add(block, _lora_norm(roles), 0.0, False)
-        return how, roles, first
-    if len(terms) == 1 and first.kind is not AdapterKind.DORA:
+    out_dtype = torch_dtype(options.dtype)
+    if len(terms) == 1 and (first.kind is not AdapterKind.DORA or _is_identity(terms[0])):
         source = terms[0][0]
-        roles = source.lora.module_tensors(first)
+        roles = read(source, first)
         factor = source.plan.factor(first)
-        scaled = roles if factor == 1.0 else scale_one_factor(roles, factor, torch_dtype(options.dtype))
-        return "carried", scaled, first
-    if len(terms) == 1 and _is_identity(terms[0]):
-        return "carried", terms[0][0].lora.module_tensors(first), first
+        roles, factor = _fold_config_alpha(first, roles, factor, out_dtype)
+        if factor != 1.0 and first.kind is not AdapterKind.DORA:
+            scaled = scale_module(first.kind, roles, factor, out_dtype=out_dtype or "input", where=first.name)
+            check_scaled(scaled, roles, factor, first)
+            roles = scaled
+        if first.kind is AdapterKind.LORA:
+            roles = _compress(roles, limit, block, tally)
+        return "carried", roles, first
+    if kinds == {AdapterKind.LORA}:
+        items = [(read(s, m), s.plan.factor(m)) for s, m in terms]
+        if limit is not None and not _all_plain_in(items, out_dtype):
+            joined = concat_rank(items)  # compressed from the float32 sum (see _all_plain_in)
+        else:
+            target = out_dtype or _dtype_for(first, "lora_up")
+            joined = concat_rank(items, out_dtype=target)
+            _check_joined(joined, items, target, first)
+        return "joined", _compress(joined, limit, block, tally), first
     if len(kinds) == 1 and first.kind in (AdapterKind.FULL, AdapterKind.NORM, AdapterKind.IA3) \
             and (options.rank is None or first.kind is not AdapterKind.FULL or _has_bias(terms)):
-        return "summed", _sum_linear(terms), first
+        return "summed", _sum_linear(terms, read), first
     if options.rank is None:
         shown = ", ".join(sorted(k.value for k in kinds))
         raise AdapterError(
             f"cannot merge {shown} modules exactly: only LoRA/LoCon modules join along the rank (and full, norm "
             "or IA3 modules of one kind sum); bake each file alone, or pass --rank N to compress the exact sum "
             "by SVD with the error reported", where=first.name)
-    delta = _dense_sum(terms, base)
-    from lbw.adapters import compress
-
+    delta = _dense_sum(terms, base, read)
     roles, error = compress(delta, limit or options.rank)
     tally.add(block, float(delta.norm()), error, True)
     return "joined" if len(terms) > 1 else "carried", roles, first
 
 
-def concat_native(
-    items: Sequence[tuple[Mapping[str, torch.Tensor], float]], out_dtype: torch.dtype | None
-) -> dict[str, torch.Tensor] | None:
-    """``concat_rank`` for plain LoRA modules (no ``lora_mid``) whose factors all have one float dtype that is
-    also the output dtype: each up factor is multiplied by c_i·α_i/r_i in that dtype (torch computes a
-    half/bfloat16 × scalar product in float32 and rounds once, so the result equals ``concat_rank`` followed by
-    the cast) and the factors are joined without a float32 copy. None when the fast form does not apply.
-
-    Example:
-        >>> concat_native([(a, 0.5), (b, 1.0)], None)["lora_down"].shape[0] == rank_a + rank_b
-        True
-    """
-    import torch
-
+def _fold_config_alpha(
+    module: Module, roles: dict[str, torch.Tensor], factor: float, out_dtype: torch.dtype | None
+) -> tuple[dict[str, torch.Tensor], float]:
+    """(roles, factor) with an alpha that comes from a PEFT adapter config folded into the factor, so the module
+    needs no alpha (scale 1): the merged file has no adapter config (joined modules have other ranks), and a
+    PEFT file holds no alpha tensors. A DoRA module (never scaled by a factor) gets its up factor scaled here."""
     from lbw.adapters.kinds import alpha_scale
+    from lbw.adapters.scale import scale_tensor
 
-    dtype = items[0][0]["lora_up"].dtype
-    target = out_dtype or dtype
-    if target != dtype or not dtype.is_floating_point:
-        return None
-    ups, downs = [], []
+    if "alpha" in module.keys or "alpha" not in roles:
+        return roles, factor
+    scale = alpha_scale({role: tuple(t.shape) for role, t in roles.items()}, float(roles["alpha"]))
+    plain = {role: tensor for role, tensor in roles.items() if role != "alpha"}
+    if module.kind is not AdapterKind.DORA:
+        return plain, factor * scale
+    up = scale_tensor(plain["lora_up"], scale, out_dtype or "input")
+    check_scaled({"lora_up": up}, plain, scale, module)
+    return {**plain, "lora_up": up}, factor
+
+
+def _compress(
+    roles: dict[str, torch.Tensor], limit: int | None, block: str, tally: _Tally
+) -> dict[str, torch.Tensor]:
+    """With a rank limit: the LoRA module compressed by SVD when its rank exceeds it (error tallied), else as
+    is (its norm tallied)."""
+    if limit is None:
+        return roles
+    from lbw.adapters import compress_lora, frobenius_norm
+
+    norm = frobenius_norm(AdapterKind.LORA, roles)
+    if int(roles["lora_down"].shape[0]) > limit:
+        roles, error = compress_lora(roles, limit)
+        tally.add(block, norm, error, True)
+    else:
+        tally.add(block, norm, 0.0, False)
+    return roles
+
+
+def _all_plain_in(items: Sequence[tuple[Mapping[str, torch.Tensor], float]], out_dtype: torch.dtype | None) -> bool:
+    """Whether every joined module is plain (no ``lora_mid``), like-shaped, with its factors stored in the output
+    dtype. Only then does ``--rank`` compress the joined factors as rounded to the output dtype; otherwise it
+    compresses the float32 sum (the behaviour of lbw's first merge implementation, kept bit for bit)."""
     first_up, first_down = items[0][0]["lora_up"], items[0][0]["lora_down"]
-    for roles, factor in items:
+    dtype = first_up.dtype
+    if (out_dtype or dtype) != dtype or not dtype.is_floating_point:
+        return False
+    for roles, _ in items:
         up, down = roles["lora_up"], roles["lora_down"]
         if "lora_mid" in roles or up.dtype != dtype or down.dtype != dtype or down.dim() != first_down.dim():
-            return None
-        if up.dim() != first_up.dim() or up.shape[0] != first_up.shape[0]:
-            return None
-        alpha = float(roles["alpha"]) if "alpha" in roles else None
-        scale = alpha_scale({"lora_up": tuple(up.shape), "lora_down": tuple(down.shape)}, alpha)
-        ups.append(up * (factor * scale))
-        downs.append(down)
-    if any(d.shape[1:] != downs[0].shape[1:] for d in downs):
-        return None
-    up = torch.cat(ups, dim=1)
-    down = torch.cat(downs, dim=0)
-    return {"lora_up": up, "lora_down": down, "alpha": torch.tensor(float(down.shape[0]), dtype=dtype)}
+            return False
+        if up.dim() != first_up.dim() or up.shape[0] != first_up.shape[0] or down.shape[1:] != first_down.shape[1:]:
+            return False
+    return True
 
 
-def _dense_sum(terms: list[tuple[OpenSource, Module]], base: BaseWeights | None) -> torch.Tensor:
+def _check_joined(
+    joined: Mapping[str, torch.Tensor],
+    items: Sequence[tuple[Mapping[str, torch.Tensor], float]],
+    target: torch.dtype,
+    module: Module,
+) -> None:
+    """Refuse joined factors that overflowed the output dtype: only possible for a factor above 1 (up) or a
+    cast to a narrower dtype."""
+    import torch
+
+    limit = torch.finfo(target).max
+    for role in ("lora_up", "lora_down"):
+        narrowed = any(roles[role].is_floating_point() and torch.finfo(roles[role].dtype).max > limit
+                       for roles, _ in items)
+        scaled = role == "lora_up" and any(abs(factor) > 1 for _, factor in items)
+        if narrowed or scaled:
+            check_finite(joined[role], role, module)
+
+
+def _dense_sum(terms: list[tuple[OpenSource, Module]], base: BaseWeights | None, read: Reader) -> torch.Tensor:
     """Σ c_i·ΔW_i as a dense float32 tensor, [out, in, kh, kw] for conv layers."""
     from lbw.adapters import delta, dora_to_full
 
     values = []
     for source, module in terms:
-        roles = source.lora.module_tensors(module)
+        roles = read(source, module)
         if module.kind is AdapterKind.DORA:
             weight = _need_base(module, base, source.lora.architecture)
             term = dora_to_full(roles, weight, source.plan.ratio(module), strength=source.plan.multiplier(module))
@@ -317,15 +376,14 @@ def _kernel_hint(module: Module, value: torch.Tensor) -> tuple[int, ...]:
     return tuple(value.shape)
 
 
-def _sum_linear(terms: list[tuple[OpenSource, Module]]) -> dict[str, torch.Tensor]:
+def _sum_linear(terms: list[tuple[OpenSource, Module]], read: Reader) -> dict[str, torch.Tensor]:
     """Σ c_i·(linear parameters) for full, norm or IA3 modules of one kind (exact)."""
     from lbw.adapters import scale_module
 
     flags = set()
     total: dict[str, torch.Tensor] = {}
     for source, module in terms:
-        scaled = scale_module(module.kind, source.lora.module_tensors(module),
-                              source.plan.factor(module), where=module.name)
+        scaled = scale_module(module.kind, read(source, module), source.plan.factor(module), where=module.name)
         if "on_input" in scaled:
             flags.add(float(scaled["on_input"]))
         for role, tensor in scaled.items():
@@ -351,12 +409,6 @@ def _rank_limit(module: Module, options: MergeOptions) -> int | None:
     is_kxk = (len(kernel) == 4 and tuple(kernel[2:]) != (1, 1)) or "lora_mid" in module.shapes \
         or bool(_CONV3.search(module.name))
     return options.conv_rank if is_kxk and options.conv_rank is not None else options.rank
-
-
-def _lora_norm(roles: dict[str, torch.Tensor]) -> float:
-    from lbw.adapters import frobenius_norm
-
-    return frobenius_norm(AdapterKind.LORA, roles)
 
 
 def _is_identity(term: tuple[OpenSource, Module]) -> bool:
@@ -392,12 +444,12 @@ def _check_architectures(sources: Sequence[OpenSource]) -> None:
 def _output_tensors(
     reference: Module, roles: dict[str, torch.Tensor], out_dtype: torch.dtype | None
 ) -> dict[str, torch.Tensor]:
-    """Keys in the reference module's naming; a PEFT module with alpha = rank drops alpha (PEFT has none)."""
-    from lbw.adapters.kinds import scaled_roles
+    """Keys in the reference module's naming; a PEFT module with alpha = rank drops alpha (PEFT has none). Each
+    floating tensor is cast once to the output dtype; a cast to a narrower dtype that overflows is refused."""
+    import torch
 
     result = {}
     peft = reference.family == "peft"
-    scaled = set(scaled_roles(roles))  # the only roles that can exceed the input range
     for role, tensor in roles.items():
         if role == "alpha" and peft and "lora_down" in roles and float(tensor) == roles["lora_down"].shape[0]:
             continue
@@ -405,7 +457,7 @@ def _output_tensors(
         value = tensor
         if tensor.is_floating_point() and tensor.dtype != target:
             value = tensor.to(target)
-            if role in scaled:
+            if torch.finfo(target).max < torch.finfo(tensor.dtype).max:
                 check_finite(value, role, reference)
         result[key_for_role(reference, role)] = value.contiguous()
     return result
@@ -436,7 +488,8 @@ def merged_metadata(
     """
     first = sources[0].lora.metadata
     metadata = {k: v for k, v in first.items()
-                if k not in HASH_KEYS and k not in INFERENCE_WEIGHT_KEYS and not k.startswith("lbw_baked_")}
+                if k not in HASH_KEYS and k not in INFERENCE_WEIGHT_KEYS and not k.startswith("lbw_baked_")
+                and k != ADAPTER_METADATA_KEY}  # PEFT alphas are folded into the factors: every scale is 1
     stem = output_stem(dest)
     metadata["ss_output_name"] = stem
     if "modelspec.title" in metadata:

@@ -1,0 +1,108 @@
+"""The streaming writer: hashes taken while writing equal the file's, wherever the legacy window falls; metadata
+completed after the data; an interrupted write leaves nothing behind (no file, no thread)."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save
+
+import lbw.files.writer as writer
+from lbw.errors import OutputError
+from lbw.files.hashes import addnet_hash, stored_and_computed
+from lbw.files.safetensors_header import read_header
+from lbw.files.writer import save_lora
+
+
+def tensors() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(4)
+    return {
+        "m.lora_up.weight": torch.randn(700, 300, generator=gen).half(),
+        "m.lora_down.weight": torch.randn(300, 500, generator=gen).bfloat16(),
+        "m.alpha": torch.tensor(4.0),
+        "n.diff": torch.randn(3, 5, generator=gen).double()[:, 1:4],  # not contiguous
+        "n.flag": torch.tensor([True, False, True]),
+        "n.empty": torch.zeros(0, 2),
+    }
+
+
+# ss_* metadata sizes that put the ss_*-only header before, across and past the window [1 MiB, 1 MiB + 64 KiB).
+@pytest.mark.parametrize("pad", [0, (1 << 20) - 40_000, (1 << 20) + 30_000, (1 << 20) + 70_000])
+def test_hashes_equal_the_written_file_wherever_the_legacy_window_falls(tmp_path: Path, pad: int) -> None:
+    path = tmp_path / "a.safetensors"
+    # one ss_* key: the safetensors library orders metadata keys at random, and the reference must not vary
+    metadata = {"ss_note": "é" * (pad // 2), "ssmd_author": "someone" * 50}
+    written = save_lora(tensors(), metadata, path)
+    header = read_header(path)
+    assert header.metadata["sshs_model_hash"] == written.model_hash == addnet_hash(path)
+    report = stored_and_computed(path)
+    assert report["legacy_stored"] == report["legacy_computed"] == written.legacy_hash
+    training = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    reference = save({k: v.contiguous() for k, v in tensors().items()}, training)
+    assert written.legacy_hash == hashlib.sha256(reference[0x100000:0x110000]).hexdigest()[:8]
+    assert path.read_bytes()[header.data_start :] == reference[8 + int.from_bytes(reference[:8], "little") :]
+    assert written.size == path.stat().st_size
+
+
+def test_final_metadata_replaces_placeholders_after_the_data(tmp_path: Path) -> None:
+    path = tmp_path / "a.safetensors"
+    late = hashlib.sha256(b"source").hexdigest()
+    calls = []
+
+    def final() -> dict[str, str]:
+        calls.append(path.with_name(path.name).exists())  # still the temporary file: dest not there yet
+        return {"ss_source": late, "other": f"x({late[:12]})"}
+
+    written = save_lora(tensors(), {"ss_source": "0" * 64, "other": "x(000000000000)"}, path, final_metadata=final)
+    assert calls == [False]
+    md = read_header(path).metadata
+    assert md["ss_source"] == late and md["other"] == f"x({late[:12]})"
+    assert md["sshs_model_hash"] == written.model_hash == addnet_hash(path)
+    report = stored_and_computed(path)
+    assert report["legacy_stored"] == report["legacy_computed"]
+    eager = tmp_path / "b.safetensors"
+    save_lora(tensors(), {"ss_source": late, "other": f"x({late[:12]})"}, eager)
+    assert eager.read_bytes() == path.read_bytes()
+
+
+def test_final_metadata_of_another_length_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.safetensors"
+    with pytest.raises(OutputError, match="header changed length"):
+        save_lora(tensors(), {"k": "0" * 8}, path, final_metadata=lambda: {"k": "0" * 9})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("hashes", [True, False])
+def test_interrupted_write_leaves_no_file_and_no_thread(tmp_path: Path, monkeypatch, hashes: bool) -> None:
+    class Interrupting:
+        def __init__(self, handle):
+            self.handle, self.written = handle, 0
+
+        def write(self, data):
+            self.written += self.handle.write(data)
+            if self.written > 200_000:
+                raise KeyboardInterrupt
+            return len(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def opener(path, mode="r"):
+        return Interrupting(builtins.open(path, mode))  # closed by Interrupting.__exit__
+
+    monkeypatch.setattr(writer, "open", opener, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        save_lora(tensors(), {"ss_a": "b"}, tmp_path / "a.safetensors", hashes=hashes)
+    assert list(tmp_path.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name == "lbw-sha256"]
