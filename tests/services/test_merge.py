@@ -145,3 +145,48 @@ def test_loha_with_rank_compresses_dense_sum(tmp_path: Path) -> None:
     actual = dense(tmp_path / "hh.safetensors", "lora_unet_down_blocks_0_resnets_0_conv1")
     assert report.overall_error < 1e-5  # LoHa rank 2 x 2: the product has rank <= 4, well within 64
     assert float((actual - expected).norm() / expected.norm()) < 1e-5
+
+
+# SDXL (SGM names, both text encoders) and Flux (double/single blocks): merges of two and three inputs of
+# different ranks and alphas, each with its own strength and block weights, checked module by module.
+ARCH_CASES = {
+    "sdxl": (
+        r"input_blocks_4_1_transformer_blocks_0_attn1_to_[qk]|middle_block_1_proj_in|output_blocks_0_1_proj_out"
+        r"|te1_text_model_encoder_layers_0_self_attn_q|te2_text_model_encoder_layers_0_mlp_fc1",
+        "XLMix:0.5,1,-0.5,1,1,1.5,0,1,1,1,1,0.25",  # BASE .5, IN04 1, IN05 -.5, M00 1.5, OUT00 0, OUT05 .25
+    ),
+    "flux": (
+        r"double_blocks_0_img_attn_qkv|double_blocks_7_txt_mlp_0|single_blocks_0_linear2|single_blocks_20_linear1",
+        "FluxMix:1,1,1," + ",".join(["-0.5"] + ["1"] * 6 + ["1.5"] + ["1"] * 11) + ","
+        + ",".join(["0.25"] + ["1"] * 19 + ["0"] + ["1"] * 17) + ",1",  # D00 -.5, D07 1.5, S00 .25, S20 0
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CASES))
+@pytest.mark.parametrize("count", [2, 3])
+def test_merge_is_exact_for_sdxl_and_flux(arch: str, count: int, tmp_path: Path) -> None:
+    select, vector = ARCH_CASES[arch]
+    files = [
+        write_fixture(arch, tmp_path / f"{arch}{i}.safetensors", rank=rank, alpha=alpha, dtype="fp32",
+                      seed=10 + i, select=select)
+        for i, (rank, alpha) in enumerate([(2, 1), (4, 8), (3, 1.5)][:count])
+    ]
+    args = [f"{files[0]}:0.8:{vector}", f"{files[1]}:-0.5", *([f"{files[2]}:1.25:{vector}"] if count == 3 else [])]
+    sources = open_all(args)
+    out = tmp_path / "merged.safetensors"
+    merge(sources, out)
+    names = sorted({m.name for s in sources for m in s.lora.modules})
+    checked = 0
+    for name in names:
+        expected, actual = oracle(sources, name), dense(out, name)
+        if expected is None or float(expected.norm()) == 0:
+            assert actual is None, name
+            continue
+        assert float((actual - expected).norm() / expected.norm()) < 1e-6, name
+        checked += 1
+    assert checked >= 4
+    with LoraFile.open(out) as merged:
+        assert merged.architecture == arch
+        joined = [m for m in merged.modules if m.rank == sum(r for r, _ in [(2, 1), (4, 8), (3, 1.5)][:count])]
+        assert joined and all(m.alpha == m.rank for m in joined)  # joined modules: scales folded, alpha = rank
