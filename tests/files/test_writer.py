@@ -67,12 +67,12 @@ def test_encode_header_matches_the_library_prefix() -> None:
 
 
 def read_header_of_bytes(buffer: bytes):
-    from lbw.files.writer import Entry
+    from lbw.files.safetensors_header import TensorInfo
 
     (n,) = struct.unpack("<Q", buffer[:8])
     document = json.loads(buffer[8 : 8 + n])
     document.pop("__metadata__", None)
-    rows = [Entry(k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in document.items()]
+    rows = [TensorInfo(k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in document.items()]
     return sorted(rows, key=lambda e: e.begin)
 
 

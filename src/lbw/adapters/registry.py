@@ -68,11 +68,7 @@ def frobenius_norm(
         >>> frobenius_norm("lora", {"lora_up": torch.ones(3, 1), "lora_down": torch.ones(1, 3)})
         3.0
     """
-    with _located(where):
-        kind = _checked(kind, roles)
-        if kind in NEEDS_BASE:
-            return MATH[kind].frobenius_norm(roles, _base(kind, base_weight))
-        return MATH[kind].frobenius_norm(roles)
+    return _norm("frobenius_norm", kind, roles, base_weight, where)
 
 
 def dense_frobenius_norm(
@@ -88,11 +84,17 @@ def dense_frobenius_norm(
         >>> dense_frobenius_norm("full", {"diff": torch.ones(2, 2)})
         2.0
     """
+    return _norm("dense_frobenius_norm", kind, roles, base_weight, where)
+
+
+def _norm(
+    method: str, kind: AdapterKind | str, roles: c.Roles, base_weight: torch.Tensor | None, where: str | None
+) -> float:
+    """Call the kind module's norm ``method``, passing the base weight to the kinds that need it."""
     with _located(where):
         kind = _checked(kind, roles)
-        if kind in NEEDS_BASE:
-            return MATH[kind].dense_frobenius_norm(roles, _base(kind, base_weight))
-        return MATH[kind].dense_frobenius_norm(roles)
+        norm = getattr(MATH[kind], method)
+        return norm(roles, _base(kind, base_weight)) if kind in NEEDS_BASE else norm(roles)
 
 
 def bias_delta(kind: AdapterKind | str, roles: c.Roles, *, where: str | None = None) -> torch.Tensor | None:

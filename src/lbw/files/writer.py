@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from lbw.errors import OutputError
 from lbw.files.atomic import atomic_path
@@ -40,7 +40,7 @@ from lbw.files.hashes import (
     MODEL_HASH_KEY,
     legacy_slice_hash,
 )
-from lbw.files.safetensors_header import read_header
+from lbw.files.safetensors_header import TensorInfo, read_header
 
 if TYPE_CHECKING:
     import torch
@@ -85,27 +85,6 @@ _TORCH_DTYPES: dict[str, str] = {
 }
 
 
-class HeaderEntry(Protocol):
-    """What ``encode_header`` needs of a tensor entry (``safetensors_header.TensorInfo`` fits)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int
-    end: int
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A tensor entry of a header being written."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int
-    end: int
-
-
 @dataclass(frozen=True)
 class WrittenFile:
     """The result of a write: the path, the hashes stored in it (None when not set) and its size in bytes."""
@@ -116,12 +95,12 @@ class WrittenFile:
     size: int
 
 
-def encode_header(entries: Sequence[HeaderEntry], metadata: Mapping[str, str] | None) -> bytes:
+def encode_header(entries: Sequence[TensorInfo], metadata: Mapping[str, str] | None) -> bytes:
     """The first ``8 + N`` bytes of a safetensors file: little-endian N, then the compact JSON header padded
     with spaces to a multiple of 8, as the safetensors library writes it. ``entries`` in data order; no
     ``__metadata__`` object when ``metadata`` is None.
 
-    >>> encode_header([Entry("a", "F16", (2,), 0, 4)], {"k": "v"})[8:]
+    >>> encode_header([TensorInfo("a", "F16", (2,), 0, 4)], {"k": "v"})[8:]
     b'{"__metadata__":{"k":"v"},"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}      '
     """
     return HeaderEncoder(entries).encode(metadata)
@@ -131,12 +110,12 @@ class HeaderEncoder:
     """Encodes headers for one set of entries with different metadata, serialising the entries once (a LoRA
     header is mostly entries; the writer needs it with placeholder, ``ss_*``-only and final metadata).
 
-    >>> encoder = HeaderEncoder([Entry("a", "F16", (2,), 0, 4)])
-    >>> encoder.encode({"k": "v"}) == encode_header([Entry("a", "F16", (2,), 0, 4)], {"k": "v"})
+    >>> encoder = HeaderEncoder([TensorInfo("a", "F16", (2,), 0, 4)])
+    >>> encoder.encode({"k": "v"}) == encode_header([TensorInfo("a", "F16", (2,), 0, 4)], {"k": "v"})
     True
     """
 
-    def __init__(self, entries: Sequence[HeaderEntry]) -> None:
+    def __init__(self, entries: Sequence[TensorInfo]) -> None:
         # The members text, exactly as json.dumps writes {name: {"dtype", "shape", "data_offsets"}} compactly;
         # built as strings because thousands of small dicts and lists would only feed the garbage collector.
         self._entries = ",".join(
@@ -343,7 +322,7 @@ def _file_reader(source, data_start: int) -> Callable[[int, int], bytes]:
     return read
 
 
-def _layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[Entry], list[torch.Tensor]]:
+def _layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[TensorInfo], list[torch.Tensor]]:
     """Header entries and contiguous CPU tensors of ``tensors``, in safetensors' data order."""
     import torch
 
@@ -366,7 +345,7 @@ def _layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[Entry], list[torc
     entries, datas, offset = [], [], 0
     for _, name, dtype, shape, data in rows:
         nbytes = data.numel() * data.element_size()
-        entries.append(Entry(name, dtype, shape, offset, offset + nbytes))
+        entries.append(TensorInfo(name, dtype, shape, offset, offset + nbytes))
         datas.append(data)
         offset += nbytes
     return entries, datas
