@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lbw.interfaces.cli.bake",
     "lbw.interfaces.cli.render",
     "lbw.interfaces.cli.demo",
+    "lbw.interfaces.cli.world",
 )
 
 

@@ -1,0 +1,136 @@
+"""World actions the CLI (and later the workbench) call: train every stage, evaluate, package the weights.
+
+Example:
+    >>> train_world(Path("~/.cache/lbw/world-train"), WorldPlan(), progress=print_progress)
+    >>> report = evaluate_world(model_folder(), combinations=100, seeds=(0, 1))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lbw.errors import LbwError
+
+STAGES = ("data", "vae", "latents", "base", "export", "loras")
+Progress = Callable[[str, int, int, float], None]
+
+
+@dataclass
+class WorldPlan:
+    """Every stage's configuration (defaults: the shipped training)."""
+
+    stages: tuple[str, ...] = STAGES
+    threads: int = 1
+    data: Any = None
+    vae: Any = None
+    base: Any = None
+    loras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from lbw.world import lora_training, training
+
+        self.data = self.data or training.DataConfig()
+        self.vae = self.vae or training.VaeConfig()
+        self.base = self.base or training.BaseConfig()
+        if not self.loras:
+            self.loras = {
+                "gobuhime": lora_training.LoraTrainConfig(name="gobuhime", seed=11),
+                "sailor": lora_training.LoraTrainConfig(name="sailor", seed=12),
+            }
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise LbwError(f"unknown stage {unknown[0]!r}; expected some of {', '.join(STAGES)}")
+
+
+def train_world(work: Path, plan: WorldPlan, progress: Progress | None = None) -> dict[str, float]:
+    """Run the plan's stages in order (each resumes or is skipped when done); returns wall seconds per stage."""
+    import torch
+
+    from lbw.world import lora_training, training
+
+    torch.set_num_threads(plan.threads)
+    report = progress or (lambda *_: None)
+    times: dict[str, float] = {}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "plan.json").write_text(json.dumps(_plan_json(plan), indent=2), encoding="utf-8")
+    for stage in STAGES:
+        if stage not in plan.stages:
+            continue
+        began = time.monotonic()
+        if stage == "data":
+            training.make_data(work, plan.data)
+        elif stage == "vae":
+            training.train_vae(work, plan.vae, report)
+        elif stage == "latents":
+            training.encode_latents(work)
+        elif stage == "base":
+            training.train_base(work, plan.base, report)
+        elif stage == "export":
+            training.export_base(work, work / "model")
+        elif stage == "loras":
+            for name, config in plan.loras.items():
+                lora_training.train_lora(work, work / "model", config, work / f"{name}.safetensors", report)
+        times[stage] = time.monotonic() - began
+    _append_times(work, times)
+    return times
+
+
+def _plan_json(plan: WorldPlan) -> dict[str, Any]:
+    return {
+        "stages": list(plan.stages),
+        "threads": plan.threads,
+        "data": asdict(plan.data),
+        "vae": asdict(plan.vae),
+        "base": asdict(plan.base),
+        "loras": {name: asdict(config) for name, config in plan.loras.items()},
+    }
+
+
+def _append_times(work: Path, times: dict[str, float]) -> None:
+    with open(work / "times.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({k: round(v, 1) for k, v in times.items()}) + "\n")
+
+
+def load_world_pipeline(model: Path, *, threads: int = 1) -> Any:
+    """The world model as a diffusers pipeline on CPU (float32), progress bars off."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from lbw.render.tiny import quiet_logs
+
+    torch.set_num_threads(threads)
+    quiet_logs()
+    if not (model / "model_index.json").is_file():
+        raise LbwError("not a diffusers model folder (no model_index.json)", where=str(model))
+    pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def evaluate_world(
+    model: Path,
+    *,
+    combinations: int = 100,
+    seeds: tuple[int, ...] = (0, 1),
+    lora: Path | None = None,
+    threads: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Caption control of ``model`` (and, with ``lora``, that LoRA's effect and side effect)."""
+    from lbw.world import evaluate
+
+    pipe = load_world_pipeline(model, threads=threads)
+    began = time.monotonic()
+    result: dict[str, Any] = {"model": str(model)}
+    result["caption_control"] = evaluate.caption_control(pipe, combinations=combinations, seeds=seeds,
+                                                         progress=progress)
+    if lora is not None:
+        result["lora"] = evaluate.lora_effect(pipe, str(lora), combinations=max(combinations // 2, 10), seeds=seeds,
+                                              progress=progress)
+    result["seconds"] = time.monotonic() - began
+    return result

@@ -1,0 +1,167 @@
+"""The world model's parts: SD1.5's architecture at small widths, built from configs kept here.
+
+- Tokenizer: a ``CLIPTokenizer`` whose vocabulary is every character (so any text tokenises) plus every tag word
+  of the world as a whole token, built locally (no download).
+- Text encoder: ``CLIPTextModel``, 64 wide, 2 layers (the LBW block BASE).
+- UNet: ``UNet2DConditionModel`` with SD1.5's block structure (CrossAttnDownBlock2D x3 + DownBlock2D, mid block
+  with attention, UpBlock2D + CrossAttnUpBlock2D x3, 2 layers per block, conv ``proj_in``), so all 26 LBW blocks
+  exist and a kohya LoRA targets the same module names as on SD1.5; channels 32/64/64/64, cross-attention 64.
+- VAE: ``AutoencoderKL`` with 3 levels (scale factor 4): 64x64 pictures become 4x16x16 latents.
+- Scheduler: the DDPM betas of SD1.5 (scaled linear, 0.00085..0.012); sampling with DPM-Solver++.
+
+Example:
+    >>> parts = build_untrained(seed=0)
+    >>> sum(p.numel() for p in parts.unet.parameters()) > 3_000_000
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lbw.world import generator
+
+TEXT_LENGTH = 32
+TEXT_WIDTH = 64
+LATENT_SIZE = generator.SIZE // 4
+
+_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789,.()!?-:_'"
+
+
+def world_words() -> tuple[str, ...]:
+    """Every word of the world's captions (and of its LoRAs' trigger words), each one token."""
+    words = {"1girl", "longhair", "shorthair", "hair", "hairornament", "choker", "dress", "background", "skin"}
+    words |= {"gobuhime", "sailor", "uniform", "collar"}
+    for table in (generator.HAIR_COLORS, generator.CLOTHES_COLORS, generator.BACKGROUND_COLORS):
+        words |= set(table)
+    words |= set(generator.SKIN_COLORS) | set(generator.BACKGROUND_PATTERNS)
+    return tuple(sorted(words))
+
+
+def vocabulary() -> tuple[dict[str, int], list[str]]:
+    """CLIP BPE vocabulary and merges: characters (plain and word-final), then the world's words by merges."""
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in _CHARACTERS:
+        vocab[char] = len(vocab)
+    for char in _CHARACTERS:
+        vocab[f"{char}</w>"] = len(vocab)
+    merges: list[str] = []
+    for word in world_words():
+        pieces = [*word[:-1], f"{word[-1]}</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+    return vocab, list(dict.fromkeys(merges))
+
+
+def build_tokenizer(folder: Path | None = None) -> Any:
+    """The world's ``CLIPTokenizer`` (written to ``folder``, a temporary one by default)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = vocabulary()
+    target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="lbw-world-tok-"))
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (target / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return CLIPTokenizer.from_pretrained(str(target), model_max_length=TEXT_LENGTH)
+
+
+def text_encoder_config(vocab_size: int) -> dict[str, Any]:
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": TEXT_WIDTH,
+        "intermediate_size": 4 * TEXT_WIDTH,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": TEXT_LENGTH,
+        "projection_dim": TEXT_WIDTH,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 1,
+        "hidden_act": "quick_gelu",
+    }
+
+
+def unet_config() -> dict[str, Any]:
+    return {
+        "sample_size": LATENT_SIZE,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 2,
+        "block_out_channels": (32, 64, 64, 64),
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": TEXT_WIDTH,
+        "attention_head_dim": 8,
+        "norm_num_groups": 16,
+    }
+
+
+def vae_config() -> dict[str, Any]:
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": (32, 64, 64),
+        "down_block_types": ("DownEncoderBlock2D",) * 3,
+        "up_block_types": ("UpDecoderBlock2D",) * 3,
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "sample_size": generator.SIZE,
+    }
+
+
+def scheduler_config() -> dict[str, Any]:
+    return {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
+    }
+
+
+@dataclass
+class Parts:
+    """The model's modules, untrained or trained."""
+
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any
+    vae: Any
+
+
+def build_untrained(seed: int) -> Parts:
+    """Fresh modules with weights drawn from ``seed``."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_config(len(tokenizer.get_vocab()))))
+    unet = UNet2DConditionModel(**unet_config())
+    vae = AutoencoderKL(**vae_config())
+    return Parts(tokenizer, text_encoder, unet, vae)
+
+
+def assemble_pipeline(parts: Parts) -> Any:
+    """A ``StableDiffusionPipeline`` of the parts with the sampling scheduler (DPM-Solver++)."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=DPMSolverMultistepScheduler(**scheduler_config()),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
