@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lbw.errors import LoraFileError
+from lbw.files.header_encoding import encode_header
 from lbw.files.safetensors_header import Header, read_header
 
 CHUNK = 1 << 20
@@ -61,8 +62,6 @@ def ss_only_legacy_hash(path: str | os.PathLike[str], header: Header | None = No
     >>> ss_only_legacy_hash("style.safetensors")
     '9a0b12cd'
     """
-    from lbw.files.writer import encode_header
-
     header = header or read_header(path)
     training = {k: v for k, v in header.metadata.items() if k.startswith("ss_")}
     entries = sorted(header.tensors.values(), key=lambda info: info.begin)

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import json
 import os
 import queue
-import struct
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +38,8 @@ from lbw.files.hashes import (
     MODEL_HASH_KEY,
     legacy_slice_hash,
 )
+from lbw.files.header_encoding import HeaderEncoder, encode_header
+from lbw.files.locks import LOCK_WAIT_S, target_lock
 from lbw.files.safetensors_header import TensorInfo, read_header
 
 if TYPE_CHECKING:
@@ -95,53 +95,6 @@ class WrittenFile:
     size: int
 
 
-def encode_header(entries: Sequence[TensorInfo], metadata: Mapping[str, str] | None) -> bytes:
-    """The first ``8 + N`` bytes of a safetensors file: little-endian N, then the compact JSON header padded
-    with spaces to a multiple of 8, as the safetensors library writes it. ``entries`` in data order; no
-    ``__metadata__`` object when ``metadata`` is None.
-
-    >>> encode_header([TensorInfo("a", "F16", (2,), 0, 4)], {"k": "v"})[8:]
-    b'{"__metadata__":{"k":"v"},"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}      '
-    """
-    return HeaderEncoder(entries).encode(metadata)
-
-
-class HeaderEncoder:
-    """Encodes headers for one set of entries with different metadata, serialising the entries once (a LoRA
-    header is mostly entries; the writer needs it with placeholder, ``ss_*``-only and final metadata).
-
-    >>> encoder = HeaderEncoder([TensorInfo("a", "F16", (2,), 0, 4)])
-    >>> encoder.encode({"k": "v"}) == encode_header([TensorInfo("a", "F16", (2,), 0, 4)], {"k": "v"})
-    True
-    """
-
-    def __init__(self, entries: Sequence[TensorInfo]) -> None:
-        # The members text, exactly as json.dumps writes {name: {"dtype", "shape", "data_offsets"}} compactly;
-        # built as strings because thousands of small dicts and lists would only feed the garbage collector.
-        self._entries = ",".join(
-            f'{_json(entry.name)}:{{"dtype":{_json(entry.dtype)},"shape":[{",".join(map(str, entry.shape))}],'
-            f'"data_offsets":[{entry.begin},{entry.end}]}}'
-            for entry in entries
-        )
-
-    def encode(self, metadata: Mapping[str, str] | None) -> bytes:
-        """``8 + N`` header bytes with ``metadata`` as ``__metadata__`` (none when None)."""
-        members = [] if metadata is None else ['"__metadata__":' + _json(dict(metadata))]
-        if self._entries:
-            members.append(self._entries)
-        try:
-            text = ("{" + ",".join(members) + "}").encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise OutputError(f"metadata holds text that is not valid Unicode ({error.reason})") from None
-        text += b" " * (-len(text) % 8)
-        return struct.pack("<Q", len(text)) + text
-
-
-def _json(value: Any) -> str:
-    """Compact JSON as the safetensors library writes it (non-ASCII kept as is)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
     """A copy of ``metadata`` after checking every key and value is a string (safetensors requires it)."""
     result: dict[str, str] = {}
@@ -165,7 +118,9 @@ def save_lora(
 ) -> WrittenFile:
     """Write ``tensors`` and ``metadata`` to ``dest`` atomically; with ``hashes`` set ``sshs_model_hash`` and
     ``sshs_legacy_hash`` computed from the bytes written (legacy: over the ``ss_*``-only serialisation, as
-    sd-scripts does). Refuses an existing ``dest`` unless ``force`` (OutputError).
+    sd-scripts does). Refuses an existing ``dest`` unless ``force`` (OutputError), also one that another program
+    creates while this one writes; holds ``dest``'s lock (``lbw.files.locks``) while writing: another lbw writing
+    it is an OutputError at once, or, with ``force``, awaited.
 
     One pass: the header goes out with placeholder hashes of their final length, each tensor's bytes are
     written straight from the tensor (no serialised copy) while a background thread hashes the same bytes
@@ -186,7 +141,11 @@ def save_lora(
     md = _with_hashes(check_metadata(metadata) if metadata is not None else None, hashes, "0" * 64, "0" * 8)
     prefix = header.encode(md)
     window = _LegacyWindow(header.encode(_training(md))) if hashes else None
-    with atomic_path(dest) as tmp, open(tmp, "wb") as out:
+    with (
+        target_lock(dest, wait=LOCK_WAIT_S if force else 0.0),
+        atomic_path(dest, replace=force) as tmp,
+        open(tmp, "wb") as out,
+    ):
         out.write(prefix)
         with _BackgroundSha256(enabled=hashes) as digest:
             for entry, data in zip(entries, datas, strict=True):
@@ -240,27 +199,51 @@ def rewrite_metadata(
     *,
     force: bool = False,
     hashes: bool = True,
+    before_commit: Callable[[], object] | None = None,
 ) -> WrittenFile:
-    """Write ``src`` to ``dest`` with ``metadata`` as its whole ``__metadata__``, copying the data region
-    byte for
+    """Write ``src`` to ``dest`` with ``metadata`` as its whole ``__metadata__``, copying the data region byte for
     byte in one streamed pass. ``dest`` may be ``src`` (in-place edit, atomic); another existing ``dest`` is
-    refused unless ``force``. With ``hashes``, ``sshs_model_hash``/``sshs_legacy_hash`` are recomputed from
-    the
-    copied bytes (the tensor order and bytes of ``src`` are kept).
+    refused unless ``force`` (also one created meanwhile by another program). With ``hashes``,
+    ``sshs_model_hash``/``sshs_legacy_hash`` are recomputed from the copied bytes (the tensor order and bytes of
+    ``src`` are kept). ``before_commit`` runs once the new file is complete, just before it takes ``dest``'s name.
+
+    ``dest``'s lock is held from the read of ``src`` to the end, so edits by several lbw processes never undo
+    each other: an in-place edit (or ``force``) waits for another lbw writing ``dest``, a new ``dest`` is an
+    OutputError at once when another lbw writes it.
 
     >>> rewrite_metadata("a.safetensors", "a.safetensors", {"ss_output_name": "a", "ssmd_author": "me"}).path
     PosixPath('a.safetensors')
     """
     src, dest = Path(src), Path(dest)
+    in_place = _same_file(src, dest)
+    with target_lock(dest, wait=LOCK_WAIT_S if in_place or force else 0.0):
+        return _rewrite_locked(src, dest, metadata, in_place=in_place, force=force, hashes=hashes,
+                               before_commit=before_commit)
+
+
+def _rewrite_locked(
+    src: Path,
+    dest: Path,
+    metadata: Mapping[str, str],
+    *,
+    in_place: bool,
+    force: bool,
+    hashes: bool,
+    before_commit: Callable[[], object] | None,
+) -> WrittenFile:
     header = read_header(src)
-    if not _same_file(src, dest):
+    if not in_place:
         _check_dest(dest, force)
     entries = sorted(header.tensors.values(), key=lambda info: (info.begin, info.end))
     md = check_metadata(metadata)
     if hashes:  # placeholders of the final length; the header is rewritten once the hashes are known
         md = {**md, MODEL_HASH_KEY: "0" * 64, LEGACY_HASH_KEY: "0" * 8}
     prefix = encode_header(entries, md)
-    with open(src, "rb") as source, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+    with (
+        open(src, "rb") as source,
+        atomic_path(dest, replace=in_place or force, before_commit=before_commit) as tmp,
+        open(tmp, "wb") as out,
+    ):
         out.write(prefix)
         digest = _copy_data(source, out, header.data_start, header.data_size, src)
         if hashes:

@@ -11,7 +11,8 @@ full-diff module (``diff`` of the layer's full shape, out·in·kh·kw values ins
 the base weights (``model``).
 
 The file is written atomically by ``lbw.files.writer.save_lora`` (hashes from the bytes as written): a crash or
-Ctrl-C leaves no output. The input is only read.
+Ctrl-C leaves no output. The output's lock is held for the whole bake, and the final step never replaces a file
+unless ``force``: two runs writing one new output never both succeed. The input is only read.
 
 Example:
     >>> weights = load_weights("Face:1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1").weights
@@ -128,12 +129,20 @@ def bake_file(
         ...     bake_file(lora, plan, "b.safetensors").removed[:1]
         ('lora_unet_down_blocks_0_attentions_0_proj_in',)
     """
-    from lbw.files.mapped import MappedTensors
-    from lbw.files.writer import save_lora
-
     options = options or BakeOptions()
     dest = Path(dest)
     check_destination(dest, [lora.path], force=options.force)
+    with output_lock(dest, force=options.force):
+        return _bake_locked(lora, plan, dest, options, progress)
+
+
+def _bake_locked(
+    lora: LoraFile, plan: FactorPlan, dest: Path, options: BakeOptions, progress: Progress | None
+) -> BakeReport:
+    from lbw.files.mapped import MappedTensors
+    from lbw.files.writer import save_lora
+
+    check_destination(dest, [lora.path], force=options.force)  # again: another run may have written it meanwhile
     refuse_unsupported(lora)
     out_dtype = torch_dtype(options.dtype)
     tensors: dict[str, torch.Tensor] = {}
@@ -141,7 +150,9 @@ def bake_file(
     dora_dense: list[str] = []
     base = _open_base(lora, plan, options)
     mapped = MappedTensors(lora.header)  # zero-copy reads: unchanged tensors are written from the page cache
-    with ThreadPoolExecutor(max_workers=1) as pool, bulk_mode():
+    # The map is closed last: after the pool, whose exit waits for the hashing job (which may not even have
+    # started when the modules are done).
+    with mapped, ThreadPoolExecutor(max_workers=1) as pool, bulk_mode():
         source_hash_job = pool.submit(mapped.data_sha256)  # hashlib releases the GIL: runs alongside
         try:
             total = len(lora.modules)
@@ -158,7 +169,6 @@ def bake_file(
         finally:
             if base is not None:
                 base.close()
-            mapped.close()
         if not tensors:
             raise OutputError("every module is at weight 0; nothing to write (use --keep-zero to keep them)",
                               where=str(dest))
@@ -462,6 +472,19 @@ def check_destination(dest: Path, sources: Iterable[Path], *, force: bool) -> No
         raise OutputError("already exists; use --force to overwrite it", where=str(dest))
     if not dest.name.lower().endswith(".safetensors"):
         raise OutputError("the output must be a .safetensors file", where=str(dest))
+
+
+def output_lock(dest: Path, *, force: bool) -> contextlib.AbstractContextManager[Path]:
+    """The lock of ``dest``, held for a whole bake or merge: another lbw writing ``dest`` is an OutputError at
+    once, or, with ``force`` (an overwrite was asked for anyway), awaited for up to ``LOCK_WAIT_S`` seconds.
+
+    Example:
+        >>> with output_lock(Path("out.safetensors"), force=False):
+        ...     pass
+    """
+    from lbw.files.locks import LOCK_WAIT_S, target_lock
+
+    return target_lock(dest, wait=LOCK_WAIT_S if force else 0.0)
 
 
 def refuse_unsupported(lora: LoraFile) -> None:

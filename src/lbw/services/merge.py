@@ -45,6 +45,7 @@ from lbw.services.bake import (
     check_scaled,
     dim_alpha_text,
     key_for_role,
+    output_lock,
     output_stem,
     refuse_unsupported,
     source_title,
@@ -130,15 +131,23 @@ def merge(
         >>> merge(sources, "ab.safetensors", options=MergeOptions(rank=16)).overall_error < 0.1
         True
     """
-    from lbw.files.lora_file import with_config_alpha
-    from lbw.files.mapped import MappedTensors
-    from lbw.files.writer import save_lora
-
     options = options or MergeOptions()
     if not sources:
         raise OutputError("merge needs at least one input LoRA")
     dest = Path(dest)
     check_destination(dest, [s.lora.path for s in sources], force=options.force)
+    with output_lock(dest, force=options.force):
+        return _merge_locked(sources, dest, options, progress)
+
+
+def _merge_locked(
+    sources: Sequence[OpenSource], dest: Path, options: MergeOptions, progress: Progress | None
+) -> MergeReport:
+    from lbw.files.lora_file import with_config_alpha
+    from lbw.files.mapped import MappedTensors
+    from lbw.files.writer import save_lora
+
+    check_destination(dest, [s.lora.path for s in sources], force=options.force)  # again, under the lock
     for source in sources:
         refuse_unsupported(source.lora)
     _check_architectures(sources)

@@ -2,7 +2,9 @@
 
 Editing rewrites only the header (``lbw.files.writer.rewrite_metadata``): every other key is kept, tensor bytes
 stay identical, ``sshs_model_hash``/``sshs_legacy_hash`` are recomputed from the written bytes, the write is
-atomic, and an in-place edit first keeps ``<file>.backup`` (once) unless told not to.
+atomic, and an in-place edit keeps ``<file>.backup`` (once, made only when the edit succeeds) unless told not to.
+Edits hold the file's lock (a concurrent edit waits, then sees this one), go through symbolic links to the file
+they point to, and refuse a hard-linked file unless told how to treat its other names.
 
 Example:
     >>> view = show_meta("style.safetensors")
@@ -15,21 +17,27 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lbw.errors import LbwError, OutputError
 from lbw.files import metadata as md
 from lbw.files.atomic import atomic_path
 from lbw.files.hashes import LEGACY_HASH_KEY, MODEL_HASH_KEY, stored_and_computed
+from lbw.files.locks import LOCK_WAIT_S, file_lock, resolve_target, target_lock
 from lbw.files.safetensors_header import read_header
-from lbw.files.writer import rewrite_metadata
+from lbw.files.stale import clean_stale_temps
+from lbw.files.writer import WrittenFile, rewrite_metadata
 
 BACKUP_SUFFIX = ".backup"
+EDIT_SUFFIX = ".lbw-edit"  # the complete edited file during an in-place edit of a hard-linked file
+HardlinkMode = Literal["refuse", "in-place", "split"]
+HARDLINK_MODES: tuple[str, ...] = ("refuse", "in-place", "split")
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,8 @@ class MetaView:
 @dataclass(frozen=True)
 class MetaEditResult:
     """What an edit did: the file written (None if nothing needed writing), the backup, key changes
-    ``{key: (old, new)}`` (None = absent), the hashes now stored, and the sidecar written."""
+    ``{key: (old, new)}`` (None = absent), the hashes now stored, the sidecar written, and the symbolic link the
+    file was reached through (None when the path given was the file itself)."""
 
     path: Path | None
     backup: Path | None
@@ -109,11 +118,13 @@ class MetaEditResult:
     hashes: dict[str, str | None]
     sidecar: Path | None = None
     sidecar_content: dict[str, Any] | None = None
+    link: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary."""
         return {
             "written": None if self.path is None else str(self.path),
+            "link": None if self.link is None else str(self.link),
             "backup": None if self.backup is None else str(self.backup),
             "changes": {k: {"old": _short(k, old), "new": _short(k, new)} for k, (old, new) in self.changes.items()},
             "hashes": self.hashes,
@@ -185,44 +196,121 @@ def edit_meta(
     force: bool = False,
     rehash: bool = False,
     sidecar: SidecarChanges | None = None,
+    hardlinks: HardlinkMode = "refuse",
+    lock_wait: float = LOCK_WAIT_S,
 ) -> MetaEditResult:
     """Apply ``changes`` to the LoRA at ``path`` (in place, or into ``out``) and optionally write the sidecar.
 
     The file is rewritten only when a key changes, ``out`` is given or ``rehash`` is set (refreshes stale
-    ``sshs_*`` hashes). An in-place write first copies the original to ``<file>.backup`` unless one exists or
-    ``backup`` is False. ``out`` must not exist unless ``force``.
+    ``sshs_*`` hashes). An in-place write keeps a copy of the original as ``<file>.backup`` unless one exists or
+    ``backup`` is False; the copy is made once the new file is complete, so a failed edit leaves nothing behind.
+    ``out`` must not exist unless ``force``.
+
+    The target's lock is held from the read to the end: a second edit of the same file waits up to
+    ``lock_wait`` seconds for the first and then reads the file again, so both edits land. ``path`` may be a
+    symbolic link: the file it points to is edited (its backup beside it), the link is kept, and the sidecar
+    stays beside the link. A file with several hard links is refused unless ``hardlinks`` says what to do:
+    ``"in-place"`` edits the shared file (every name sees the change; the complete edited file is first written
+    to ``<file>.lbw-edit``, then copied over the file's bytes), ``"split"`` gives this name a new edited file (the
+    other names keep the old one).
     """
-    path = Path(path)
-    header = read_header(path)
-    current = dict(header.metadata)
-    target = Path(out) if out is not None else path
-    if out is not None and _same_path(path, target):
+    given = Path(path)
+    real = resolve_target(given)
+    read_header(real)  # an unreadable input is reported first (read again under the lock)
+    target = Path(out) if out is not None else real
+    if out is not None and _same_path(given, target):
         raise OutputError("is the input file; leave out -o to edit in place", where=str(target))
     if out is not None and target.exists() and not force:
         raise OutputError("already exists; use --force to overwrite it", where=str(target))
-    planned = planned_metadata(current, changes)
-    diff = _diff(current, planned)
-    written_path = backup_path = None
-    hashes = {MODEL_HASH_KEY: current.get(MODEL_HASH_KEY), LEGACY_HASH_KEY: current.get(LEGACY_HASH_KEY)}
-    if diff or out is not None or rehash:
-        if out is None and backup:
-            backup_path = _backup_once(path)
-        mode = path.stat().st_mode & 0o7777
-        written = rewrite_metadata(path, target, planned, force=force)
-        written_path = written.path
+    if hardlinks not in HARDLINK_MODES:
+        raise LbwError(f"--hardlinks expects one of {', '.join(HARDLINK_MODES)}, found {hardlinks!r}")
+    with contextlib.ExitStack() as held:
+        held.enter_context(target_lock(target, wait=lock_wait if out is None or force else 0.0))
+        in_place = False
         if out is None:
-            os.chmod(written_path, mode)  # an in-place edit keeps the file's permissions
-        hashes = {MODEL_HASH_KEY: written.model_hash, LEGACY_HASH_KEY: written.legacy_hash}
-        for key in (MODEL_HASH_KEY, LEGACY_HASH_KEY):
-            if current.get(key) != hashes[key]:
-                diff[key] = (current.get(key), hashes[key])
-    side_path = side_content = None
-    if sidecar is not None:
-        final = {**planned, **{k: v for k, v in hashes.items() if v is not None}}
-        side_path = md.sidecar_path(target)
-        side_content = md.update_sidecar(md.read_sidecar(side_path), _sidecar_values(final, sidecar))
-        md.write_sidecar(side_path, side_content)
-    return MetaEditResult(written_path, backup_path, diff, hashes, side_path, side_content)
+            clean_stale_temps(real.parent)  # a killed lbw may have left a second name of the file
+            in_place = _hardlink_choice(given, real, hardlinks) == "in-place"
+            if in_place:  # other names of the file may be edited in place through their own lock
+                held.enter_context(file_lock(real, wait=lock_wait))
+        header = read_header(real)
+        current = dict(header.metadata)
+        planned = planned_metadata(current, changes)
+        diff = _diff(current, planned)
+        side_path = side_content = None
+        if sidecar is not None:  # read and checked before anything is written
+            side_path = md.sidecar_path(given if out is None else target)
+            side_content = md.update_sidecar(md.read_sidecar(side_path), _sidecar_values(planned, sidecar))
+        written_path = backup_path = None
+        hashes = {MODEL_HASH_KEY: current.get(MODEL_HASH_KEY), LEGACY_HASH_KEY: current.get(LEGACY_HASH_KEY)}
+        if diff or out is not None or rehash:
+            made: list[Path] = []
+
+            def keep_backup() -> None:
+                if out is None and backup and (copy := _backup_once(real)) is not None:
+                    made.append(copy)
+
+            try:
+                if in_place:
+                    written = _rewrite_in_place(real, planned, keep_backup)
+                else:
+                    written = rewrite_metadata(real, target, planned, force=force, before_commit=keep_backup)
+            except BaseException:
+                for copy in made:  # the edit did not happen: neither did its backup
+                    with contextlib.suppress(OSError):
+                        copy.unlink()
+                raise
+            written_path = written.path
+            backup_path = made[0] if made else None
+            hashes = {MODEL_HASH_KEY: written.model_hash, LEGACY_HASH_KEY: written.legacy_hash}
+            for key in (MODEL_HASH_KEY, LEGACY_HASH_KEY):
+                if current.get(key) != hashes[key]:
+                    diff[key] = (current.get(key), hashes[key])
+        if side_path is not None and side_content is not None:
+            md.write_sidecar(side_path, side_content)
+    link = given if out is None and given != real else None
+    return MetaEditResult(written_path, backup_path, diff, hashes, side_path, side_content, link)
+
+
+def _hardlink_choice(given: Path, real: Path, hardlinks: HardlinkMode) -> HardlinkMode:
+    """How to edit ``real`` in place given its hard links: "split" (a plain atomic edit) when it has one name."""
+    links = real.stat().st_nlink
+    if links <= 1:
+        return "split"
+    if hardlinks == "refuse":
+        raise OutputError(
+            f"has {links} hard links (other names share its bytes), so an atomic edit would give only this name "
+            "the new metadata; choose --hardlinks in-place (every name sees the edit) or --hardlinks split (only "
+            "this name gets an edited copy)", where=str(given))
+    return hardlinks
+
+
+def _rewrite_in_place(real: Path, planned: Mapping[str, str], before_commit: Callable[[], object]) -> WrittenFile:
+    """Edit a hard-linked file without changing its inode: write the complete edited file to
+    ``<file>.lbw-edit`` (atomic, synced), then copy it over the file's bytes and remove it. An interruption during
+    the copy leaves ``<file>.lbw-edit`` complete, and the next edit refuses to run until it is dealt with."""
+    recovery = real.with_name(real.name + EDIT_SUFFIX)
+    if os.path.lexists(recovery):
+        raise OutputError(
+            f"{recovery.name} exists: an earlier in-place edit was interrupted, and it holds the complete edited "
+            f"file; copy it over the file (cp {recovery.name} {real.name} keeps the hard links) and delete it, or "
+            "delete it to drop that edit", where=str(real))
+    written = rewrite_metadata(real, recovery, planned)
+    try:
+        before_commit()
+    except BaseException:
+        recovery.unlink()
+        raise
+    try:
+        with open(recovery, "rb") as source, open(real, "r+b") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+            target.truncate()
+            target.flush()
+            os.fsync(target.fileno())
+    except OSError as error:
+        raise OutputError(f"the in-place write failed ({error.strerror}); the file may be damaged: "
+                          f"{recovery.name} holds the complete edited file", where=str(real)) from None
+    recovery.unlink()
+    return WrittenFile(real, written.model_hash, written.legacy_hash, written.size)
 
 
 def _sidecar_values(metadata: Mapping[str, str], changes: SidecarChanges) -> dict[str, Any]:
@@ -250,9 +338,9 @@ def _sidecar_values(metadata: Mapping[str, str], changes: SidecarChanges) -> dic
 def _backup_once(path: Path) -> Path | None:
     """Copy ``path`` to ``<path>.backup`` atomically unless a backup already exists (then keep the oldest)."""
     backup = path.with_name(path.name + BACKUP_SUFFIX)
-    if backup.exists():
+    if os.path.lexists(backup):
         return None
-    with open(path, "rb") as source, atomic_path(backup) as tmp:
+    with open(path, "rb") as source, atomic_path(backup, replace=False) as tmp:
         with open(tmp, "wb") as copy:
             shutil.copyfileobj(source, copy, 1 << 20)
         shutil.copymode(path, tmp)

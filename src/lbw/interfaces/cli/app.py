@@ -1,7 +1,8 @@
 """The ``lbw`` entry point: builds the typer app from the command modules and maps errors to exit codes.
 
 User errors (``LbwError``) print one line on stderr and exit 2, without a traceback.
-Ctrl-C exits 130. Usage errors are click's (exit 2).
+Ctrl-C exits 130. Usage errors are click's (exit 2). Notes lbw logs while a command runs (a stale temporary file
+removed, a wait for another lbw writing the same file) are printed as ``lbw: note: ...`` on stderr.
 
 Example:
     >>> run(["weights", "parse", "N:1,1,1,1,1,1,1,1,1,1,1,1"])
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -69,8 +71,27 @@ def build_app() -> typer.Typer:
     return app
 
 
+class _Notes(logging.Handler):
+    """Prints the ``lbw`` loggers' records as ``lbw: note: <message>`` on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"lbw: note: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: sys.argv[1:]) and return the exit code."""
+    logger = logging.getLogger("lbw")
+    notes, level = _Notes(logging.INFO), logger.level
+    logger.addHandler(notes)
+    logger.setLevel(logging.INFO)
+    try:
+        return _run(argv)
+    finally:
+        logger.removeHandler(notes)
+        logger.setLevel(level)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     app = build_app()
     command = typer.main.get_command(app)
     try:

@@ -1,7 +1,8 @@
 """``lbw meta FILE``: show a LoRA's metadata and hashes; with any setting option, edit them.
 
 Only the header is rewritten: other keys kept, tensor bytes identical, ``sshs_*`` hashes recomputed, atomic
-write, ``<file>.backup`` kept once (``--no-backup`` to skip), ``-o OUT`` to write a copy instead.
+write, ``<file>.backup`` kept once (``--no-backup`` to skip), ``-o OUT`` to write a copy instead. A symbolic link
+is followed (the file it points to is edited, the link kept); a hard-linked file needs ``--hardlinks``.
 
 Example:
     $ lbw meta gobuhime.safetensors
@@ -69,6 +70,9 @@ def meta_command(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing -o file."),
     no_backup: bool = typer.Option(False, "--no-backup", help="Do not keep <file>.backup on in-place edits."),
     rehash: bool = typer.Option(False, "--rehash", help="Rewrite even without changes (refresh stale hashes)."),
+    hardlinks: str = typer.Option(
+        "refuse", "--hardlinks", help="A file with several hard links: refuse, in-place (every name sees the "
+        "edit) or split (only this name gets the edited file)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     full: bool = typer.Option(False, "--full", help="Show long values in full."),
 ) -> None:
@@ -89,8 +93,10 @@ def meta_command(
         else:
             show_view(view, full=full)
         return
+    if hardlinks not in ("refuse", "in-place", "split"):
+        raise typer.BadParameter("expected refuse, in-place or split", param_hint="--hardlinks")
     result = edit_meta(file, changes, out=out, backup=not no_backup, force=force, rehash=rehash,
-                       sidecar=side if wants_sidecar else None)
+                       sidecar=side if wants_sidecar else None, hardlinks=hardlinks)  # type: ignore[arg-type]
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     else:
@@ -136,7 +142,8 @@ def show_result(file: Path, result: MetaEditResult, *, full: bool = False) -> No
         typer.echo(f"{file}: no metadata change; file not rewritten")
     else:
         kept = f" (backup: {result.backup})" if result.backup else ""
-        typer.echo(f"wrote {result.path}{kept}")
+        through = f" (through the link {result.link})" if result.link else ""
+        typer.echo(f"wrote {result.path}{through}{kept}")
 
     def show(key: str, value: str | None) -> str:
         if value is None:
