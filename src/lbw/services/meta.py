@@ -26,7 +26,7 @@ from lbw.errors import LbwError, OutputError
 from lbw.files import metadata as md
 from lbw.files.atomic import atomic_path
 from lbw.files.hashes import LEGACY_HASH_KEY, MODEL_HASH_KEY, stored_and_computed
-from lbw.files.safetensors_header import read_header
+from lbw.files.lora_file import read_lora_header
 from lbw.files.writer import rewrite_metadata
 
 BACKUP_SUFFIX = ".backup"
@@ -124,7 +124,7 @@ class MetaEditResult:
 def show_meta(path: str | os.PathLike[str]) -> MetaView:
     """Read a LoRA's metadata, its stored and computed hashes and its sidecar (if any)."""
     path = Path(path)
-    header = read_header(path)
+    header = read_lora_header(path)
     side = md.sidecar_path(path)
     return MetaView(path, dict(header.metadata), stored_and_computed(path), side, md.read_sidecar(side))
 
@@ -193,7 +193,7 @@ def edit_meta(
     ``backup`` is False. ``out`` must not exist unless ``force``.
     """
     path = Path(path)
-    header = read_header(path)
+    header = read_lora_header(path)
     current = dict(header.metadata)
     target = Path(out) if out is not None else path
     if out is not None and _same_path(path, target):
