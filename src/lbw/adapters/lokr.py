@@ -75,10 +75,12 @@ def delta(roles: c.Roles, *, shape: Sequence[int] | None = None) -> torch.Tensor
     w1 = w1_matrix(roles)
     w2 = w2_tensor(roles)
     dtype = torch.promote_types(w1.dtype, w2.dtype)
-    w1 = w1.to(dtype=dtype).contiguous()
-    w2 = w2.to(device=w1.device, dtype=dtype).contiguous()  # torch.kron needs contiguous inputs
+    # torch.kron needs contiguous inputs with plain strides: einsum (Tucker W2) can leave odd strides on size-1
+    # dims that .contiguous() keeps, and kron's internal view then fails; view(-1).view(shape) resets them.
+    w1 = w1.to(dtype=dtype).contiguous().view(-1).view(w1.shape)
+    w2 = w2.to(device=w1.device, dtype=dtype).contiguous().view(-1).view(w2.shape)
     if w2.dim() == 4:
-        w1 = w1[:, :, None, None]
+        w1 = w1.view(*w1.shape, 1, 1)
     scale = alpha_scale(c.shapes_of(roles), c.alpha_of(roles))
     return c.reshaped(scale * torch.kron(w1, w2), shape)
 

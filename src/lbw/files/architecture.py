@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from lbw.files.json_text import quoted
+
 ARCHITECTURES = ("sd1", "sd2", "sdxl", "flux")
 _PRIORITY = {"flux": 0, "sdxl": 1, "sd2": 2, "sd1": 3}
 
@@ -63,7 +65,7 @@ def detect_architecture(modules: Mapping[str, Shapes], metadata: Mapping[str, st
         name, evidence = weak_found[0], tuple(weak[weak_found[0]])
     elif said:
         name = _by_priority(said.values())[0]
-        evidence = tuple(f"metadata {key} = {metadata[key]!r}" for key in said)
+        evidence = tuple(f"metadata {key} = {quoted(metadata[key], 60)}" for key in said)
     elif "sd" in weak:
         name, evidence = "sd1", tuple(weak["sd"])
         warnings.append("SD UNet names without a text encoder or cross-attention width: SD1 and SD2 look "
@@ -73,7 +75,7 @@ def detect_architecture(modules: Mapping[str, Shapes], metadata: Mapping[str, st
         warnings.append("could not tell the architecture from keys, shapes or metadata")
     for key, arch in said.items():
         if arch != name:
-            warnings.append(f"metadata {key} = {metadata[key]!r} says {arch}, but the keys say {name}")
+            warnings.append(f"metadata {key} = {quoted(metadata[key], 60)} says {arch}, but the keys say {name}")
     return ArchitectureReport(name, evidence, said, tuple(warnings))
 
 

@@ -1,7 +1,8 @@
 """A lazy view of one LoRA file: header first, modules and blocks from names and shapes, tensors on demand.
 
-Opening reads only the header (and, when first asked for, the alpha scalars). Tensors are read per module
-through safetensors' memory-mapped ``safe_open``. Nothing is unpickled; ``.ckpt``/``.pt``/``.bin`` are refused.
+Opening reads the header and the alpha scalars, and validates every module (``lbw.files.validate``: dtypes,
+alpha, shapes) so that every command accepts and refuses the same files. Tensors are read per module through
+safetensors' memory-mapped ``safe_open``. Nothing is unpickled; ``.ckpt``/``.pt``/``.bin`` are refused.
 
 Example:
     >>> with LoraFile.open("style.safetensors") as lora:
@@ -28,6 +29,7 @@ from lbw.files.modules import AlphaReader, Module, UnsupportedModule, build_modu
 from lbw.files.naming import file_family
 from lbw.files.peft_config import ADAPTER_METADATA_KEY, adapter_configs
 from lbw.files.safetensors_header import Header, read_header
+from lbw.files.validate import check_modules
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +55,7 @@ class LoraFile:
         self.adapter_configs = adapter_configs(header.metadata, str(header.path))
         modules, unsupported = build_modules(groups, self.architecture_report.name, self._alphas,
                                              self.adapter_configs)
+        check_modules(modules, header)  # the one validation every command goes through
         self.modules: tuple[Module, ...] = tuple(modules)
         self.unsupported: tuple[UnsupportedModule, ...] = tuple(unsupported)
         self.unrecognized_keys: tuple[str, ...] = groups.unrecognized_keys
@@ -63,7 +66,8 @@ class LoraFile:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> LoraFile:
-        """Read the header of ``path`` and group its modules; no tensor data is read.
+        """Read the header of ``path``, group its modules and validate them (``lbw.files.validate``); of the
+        tensor data only the alpha scalars are read.
 
         Example:
             >>> LoraFile.open("style.safetensors").adapter_types
@@ -295,6 +299,18 @@ class LoraFile:
                      "LBW cannot address them",)
         layout = full if present - set(short.ids) else short
         return layout, notes
+
+
+def read_lora_header(path: str | os.PathLike[str]) -> Header:
+    """The header of the LoRA at ``path`` after every check ``LoraFile.open`` makes (modules validated), for
+    commands that need only the header (``lbw meta``) but must refuse what every other command refuses.
+
+    Example:
+        >>> read_lora_header("style.safetensors").metadata["ss_network_dim"]
+        '8'
+    """
+    with LoraFile.open(path) as lora:
+        return lora.header
 
 
 def with_config_alpha(module: Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

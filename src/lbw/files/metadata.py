@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import math
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from lbw.domain.weights import BlockWeights, parse_weights
 from lbw.errors import LbwError, WeightsError
 from lbw.files.atomic import write_text_atomic
+from lbw.files.json_text import load_json
 
 GROUPS = ("training", "user", "modelspec", "hashes", "lbw", "other")
 
@@ -179,13 +182,16 @@ def read_image(path: str | os.PathLike[str]) -> tuple[bytes, str, tuple[int, int
     except OSError as error:
         raise LbwError(f"cannot read image: {error.strerror}", where=str(path)) from None
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _bomb_checks_as_errors(), Image.open(io.BytesIO(data)) as image:
             image_format, size = image.format, image.size
             image.verify()
     except UnidentifiedImageError:
         raise LbwError("not a readable image; expected PNG or JPEG", where=str(path)) from None
-    except (OSError, SyntaxError) as error:
-        raise LbwError(f"damaged image ({error})", where=str(path)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise LbwError(f"image is too large for a cover (more than {Image.MAX_IMAGE_PIXELS:,} pixels)",
+                       where=str(path)) from None
+    except Exception as error:  # Pillow's decoders raise many types on damaged data (IndexError, ValueError, ...)
+        raise LbwError(f"damaged image ({_damage(error)})", where=str(path)) from None
     if image_format not in _IMAGE_FORMATS:
         raise LbwError(f"is a {image_format} image; expected PNG or JPEG", where=str(path))
     return data, image_format, size
@@ -199,10 +205,13 @@ def png_bytes(path: str | os.PathLike[str]) -> bytes:
     data, image_format, _ = read_image(path)
     if image_format == "PNG":
         return data
-    with Image.open(io.BytesIO(data)) as image:
-        converted = image if image.mode in ("RGB", "RGBA", "L", "LA") else image.convert("RGB")
-        buffer = io.BytesIO()
-        converted.save(buffer, "PNG")
+    try:
+        with _bomb_checks_as_errors(), Image.open(io.BytesIO(data)) as image:
+            converted = image if image.mode in ("RGB", "RGBA", "L", "LA") else image.convert("RGB")
+            buffer = io.BytesIO()
+            converted.save(buffer, "PNG")
+    except Exception as error:  # a JPEG that verified but does not decode (truncated scan data, ...)
+        raise LbwError(f"damaged image ({_damage(error)})", where=str(path)) from None
     return buffer.getvalue()
 
 
@@ -220,9 +229,9 @@ def decode_cover(value: str) -> bytes:
     """The first image of an ``ssmd_cover_images`` value (readers accept a ``data:`` prefix); raises LbwError
     when the value is not a JSON list of base64 strings or the list is empty."""
     try:
-        images = json.loads(value)
-    except json.JSONDecodeError:
-        raise LbwError("is not a JSON list", where=COVER_KEY) from None
+        images = load_json(value, where=COVER_KEY, what="value", error=LbwError)
+    except LbwError as error:
+        raise LbwError(f"is not a JSON list ({error.message})", where=COVER_KEY) from None
     if not isinstance(images, list) or not images or not isinstance(images[0], str):
         raise LbwError("holds no image; expected a JSON list of base64 PNG strings", where=COVER_KEY)
     return _decode_base64(images[0], COVER_KEY)
@@ -240,10 +249,30 @@ def describe_image_value(key: str, value: str) -> str:
 
     try:
         data = decode_cover(value) if key == COVER_KEY else _decode_base64(value, key)
-        with Image.open(io.BytesIO(data)) as image:
+        with _bomb_checks_as_errors(), Image.open(io.BytesIO(data)) as image:
             return f"{image.format} {image.width}x{image.height}, {len(data):,} bytes"
-    except (LbwError, UnidentifiedImageError, OSError) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"unreadable image (more than {Image.MAX_IMAGE_PIXELS:,} pixels: a decompression bomb?)"
+    except (LbwError, UnidentifiedImageError) as error:
         return f"unreadable image ({error})"
+    except Exception as error:  # Pillow's decoders raise many types on damaged data
+        return f"unreadable image ({_damage(error)})"
+
+
+def _damage(error: Exception) -> str:
+    """What Pillow said about damaged image data, short (the exception type when it is not an OSError)."""
+    text = str(error)[:100]
+    return text if isinstance(error, OSError | SyntaxError) and text else f"{type(error).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _bomb_checks_as_errors() -> Iterator[None]:
+    """Pillow's decompression-bomb warning (an image over ``MAX_IMAGE_PIXELS``) raised as an error, not printed."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def sd_version(metadata: Mapping[str, str]) -> str:
@@ -279,10 +308,7 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     except (OSError, UnicodeDecodeError) as error:
         raise LbwError(f"cannot read sidecar ({error})", where=str(path)) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise LbwError(f"sidecar is not valid JSON: {error.msg} at line {error.lineno}", where=str(path)) from None
+    data = load_json(text, where=str(path), what="sidecar", error=LbwError)
     if not isinstance(data, dict):
         raise LbwError(f"sidecar must be a JSON object, found {type(data).__name__}", where=str(path))
     return data

@@ -25,6 +25,7 @@ from functools import cached_property
 from lbw.adapters.kinds import AdapterKind, kind_of_roles, rank_of
 from lbw.domain.keymap import block_of, inspire_bucket
 from lbw.errors import AdapterError, LoraFileError
+from lbw.files.json_text import quoted
 from lbw.files.naming import split_key
 from lbw.files.peft_config import AdapterConfig, config_alpha
 from lbw.files.safetensors_header import Header, TensorInfo
@@ -160,8 +161,8 @@ def collect_roles(header: Header) -> Groups:
             continue
         roles = grouped.setdefault(parts.module, {})
         if parts.role in roles:
-            raise LoraFileError(f"keys {roles[parts.role].name!r} and {key!r} both give role {parts.role!r} of "
-                                f"module {parts.module!r}", where=str(header.path))
+            raise LoraFileError(f"keys {quoted(roles[parts.role].name)} and {quoted(key)} both give role "
+                                f"{parts.role!r} of module {quoted(parts.module)}", where=str(header.path))
         roles[parts.role] = info
         # A module is "lycoris" when any of its keys is; otherwise the first key decides.
         if families.get(parts.module) != "lycoris":
@@ -238,18 +239,18 @@ def _module_dtype(tensors: Mapping[str, TensorInfo]) -> str:
 
 def _decode_scalar(info: TensorInfo, raw: bytes, where: str) -> float:
     if info.numel != 1:
-        raise LoraFileError(f"tensor {info.name!r}: alpha must be a single number, found shape "
+        raise LoraFileError(f"tensor {quoted(info.name)}: alpha must be a single number, found shape "
                             f"{list(info.shape)}", where=where)
     if len(raw) != info.nbytes:
-        raise LoraFileError(f"tensor {info.name!r}: read {len(raw)} of {info.nbytes} bytes; file truncated?",
+        raise LoraFileError(f"tensor {quoted(info.name)}: read {len(raw)} of {info.nbytes} bytes; file truncated?",
                             where=where)
     if info.dtype == "BF16":
         value = struct.unpack("<f", b"\x00\x00" + raw)[0]
     elif info.dtype in _SCALAR_FORMATS:
         value = struct.unpack(_SCALAR_FORMATS[info.dtype], raw)[0]
     else:
-        raise LoraFileError(f"tensor {info.name!r}: alpha stored as {info.dtype}, expected a float or "
+        raise LoraFileError(f"tensor {quoted(info.name)}: alpha stored as {info.dtype}, expected a float or "
                             "integer dtype", where=where)
     if not math.isfinite(value):
-        raise LoraFileError(f"tensor {info.name!r}: alpha is {value}, expected a finite number", where=where)
+        raise LoraFileError(f"tensor {quoted(info.name)}: alpha is {value}, expected a finite number", where=where)
     return float(value)

@@ -17,18 +17,20 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lbw.errors import LoraFileError
+from lbw.files.json_text import load_json, preview, quoted
 
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 _FIELDS = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora")
 # LoraConfig's own defaults, used by diffusers when a field is missing (LoraConfig(**metadata)).
 _DEFAULT_R = 8
+# Largest rank or alpha accepted from a config: every value up to it is an exact float.
+_LARGEST = 2**53
 _DEFAULT_ALPHA = 8
 
 
@@ -65,10 +67,7 @@ def adapter_configs(metadata: Mapping[str, str], where: str) -> dict[str, Adapte
     raw = metadata.get(ADAPTER_METADATA_KEY)
     if raw is None:
         return {}
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise LoraFileError(f"metadata {ADAPTER_METADATA_KEY} is not valid JSON: {error.msg}", where=where) from None
+    data = load_json(raw, where=where, what=f"metadata {ADAPTER_METADATA_KEY}")
     if not isinstance(data, dict):
         raise LoraFileError(f"metadata {ADAPTER_METADATA_KEY} must be a JSON object", where=where)
     fields: dict[str, dict[str, object]] = {}
@@ -105,19 +104,21 @@ def _config(values: Mapping[str, object], where: str) -> AdapterConfig:
         return LoraFileError(f"metadata {ADAPTER_METADATA_KEY}: {problem}", where=where)
 
     def number(value: object, label: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise fail(f"{label} must be a positive number, found {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 or value == math.inf:
+            raise fail(f"{label} must be a positive number, found {preview(value)}")
+        if value > _LARGEST:
+            raise fail(f"{label} must be at most 2**53, found {preview(value)}")
         return value
 
     def patterns(label: str) -> dict[str, float]:
         value = values.get(label) or {}
         if not isinstance(value, dict):
             raise fail(f"{label} must be an object, found {type(value).__name__}")
-        return {str(key): number(item, f"{label}[{key!r}]") for key, item in value.items()}
+        return {str(key): number(item, f"{label}[{quoted(key)}]") for key, item in value.items()}
 
     rslora = values.get("use_rslora", False)
     if not isinstance(rslora, bool):
-        raise fail(f"use_rslora must be true or false, found {rslora!r}")
+        raise fail(f"use_rslora must be true or false, found {preview(rslora)}")
     return AdapterConfig(
         r=int(number(values.get("r", _DEFAULT_R), "r")),
         lora_alpha=float(number(values.get("lora_alpha", _DEFAULT_ALPHA), "lora_alpha")),

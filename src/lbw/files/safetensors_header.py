@@ -2,8 +2,11 @@
 
 A safetensors file is ``u64 little-endian N`` + ``N`` bytes of UTF-8 JSON + the data region. ``read_header``
 reads exactly ``8 + N`` bytes and checks everything a later tensor read relies on: the header length against the
-file size, JSON and UTF-8, string-only metadata, known dtypes, and data offsets that stay inside the data region,
-do not overlap or leave gaps, and match ``numel x dtype size``. Pickle-based checkpoints are refused, never loaded.
+file size, JSON and UTF-8, string-only metadata, known dtypes, shapes and offsets of plain non-negative integers
+below 2**63, and data offsets that stay inside the data region, do not overlap or leave gaps, and match
+``numel x dtype size``. Hostile but valid JSON is refused with one line too (``lbw.files.json_text``): deep
+nesting, integers past Python's digit limit, keys repeated with different values, unpaired UTF-16 surrogates.
+Pickle-based checkpoints are refused, never loaded. Messages show header values shortened (``preview``).
 
 Example:
     >>> header = read_header("style.safetensors")
@@ -15,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -25,9 +27,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lbw.errors import LoraFileError
+from lbw.files.json_text import load_json, preview, quoted
 
 # Header sizes above this are refused as absurd (real LoRA headers are well under 10 MB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Shape dimensions and offsets must be below this (torch sizes and file offsets are signed 64-bit).
+MAX_COUNT = 2**63
 
 # Bits per element of every safetensors dtype (sub-byte float formats included).
 DTYPE_BITS: dict[str, int] = {
@@ -167,11 +172,7 @@ def _parse_json(raw: bytes, where: str) -> dict[str, object]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise LoraFileError(f"header is not valid UTF-8 (byte {error.start})", where=where) from None
-    try:
-        entries = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise LoraFileError(f"header is not valid JSON: {error.msg} at character {error.pos}",
-                            where=where) from None
+    entries = load_json(text, where=where, what="header")
     if not isinstance(entries, dict):
         raise LoraFileError(f"header must be a JSON object, found {type(entries).__name__}", where=where)
     return entries
@@ -185,35 +186,42 @@ def _parse_metadata(value: object, where: str) -> dict[str, str]:
                             where=where)
     for key, item in value.items():
         if not isinstance(item, str):
-            raise LoraFileError(f"metadata value of {key!r} must be a string, found {type(item).__name__}",
+            raise LoraFileError(f"metadata value of {quoted(key)} must be a string, found {type(item).__name__}",
                                 where=where)
     return dict(value)
 
 
 def _parse_tensor(name: str, entry: object, where: str) -> TensorInfo:
     def fail(problem: str) -> LoraFileError:
-        return LoraFileError(f"tensor {name!r}: {problem}", where=where)
+        return LoraFileError(f"tensor {quoted(name)}: {problem}", where=where)
 
     if not isinstance(entry, dict):
         raise fail(f"entry must be an object, found {type(entry).__name__}")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BITS:
-        raise fail(f"unknown dtype {dtype!r}; expected one of {', '.join(sorted(DTYPE_BITS))}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise fail(f"unknown dtype {preview(dtype)}; expected one of {', '.join(sorted(DTYPE_BITS))}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise fail(f"shape must be a list of non-negative integers, found {shape!r}")
+        raise fail(f"shape must be a list of non-negative integers below 2**63, found {preview(shape)}")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
             or offsets[0] > offsets[1]):
-        raise fail(f"data_offsets must be [begin, end] with 0 <= begin <= end, found {offsets!r}")
+        raise fail(f"data_offsets must be [begin, end] with 0 <= begin <= end < 2**63, found {preview(offsets)}")
     info = TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
     bits = info.numel * DTYPE_BITS[dtype]
     if bits % 8 or bits // 8 != info.nbytes:
-        raise fail(f"shape {list(info.shape)} x {dtype} needs {bits / 8:g} bytes but data_offsets "
+        raise fail(f"shape {preview(list(info.shape))} x {dtype} needs {_bytes_text(bits)} bytes but data_offsets "
                    f"span {info.nbytes}")
     return info
 
 
 def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT
+
+
+def _bytes_text(bits: int) -> str:
+    """``bits / 8`` exactly, also for products of many huge dimensions (no float conversion)."""
+    whole = bits // 8
+    text = str(whole) if whole.bit_length() < 128 else preview(whole)
+    return text + {0: "", 2: ".25", 4: ".5", 6: ".75"}.get(bits % 8, f" and {bits % 8} bits")
 
 
 def _check_layout(tensors: Mapping[str, TensorInfo], data_size: int, where: str) -> None:
@@ -221,13 +229,13 @@ def _check_layout(tensors: Mapping[str, TensorInfo], data_size: int, where: str)
     position, previous = 0, None
     for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
         if info.end > data_size:
-            raise LoraFileError(f"tensor {info.name!r}: data_offsets [{info.begin}, {info.end}] run past the "
+            raise LoraFileError(f"tensor {quoted(info.name)}: data_offsets [{info.begin}, {info.end}] run past the "
                                 f"data region ({data_size} bytes); file truncated?", where=where)
         if info.begin < position:
-            raise LoraFileError(f"tensor {info.name!r}: data_offsets [{info.begin}, {info.end}] overlap "
-                                f"tensor {previous!r}", where=where)
+            raise LoraFileError(f"tensor {quoted(info.name)}: data_offsets [{info.begin}, {info.end}] overlap "
+                                f"tensor {quoted(previous or '')}", where=where)
         if info.begin > position:
-            raise LoraFileError(f"tensor {info.name!r}: gap of {info.begin - position} bytes before its "
+            raise LoraFileError(f"tensor {quoted(info.name)}: gap of {info.begin - position} bytes before its "
                                 "data; offsets must be contiguous", where=where)
         position, previous = info.end, info.name
     if position != data_size:

@@ -229,14 +229,11 @@ _BATCH_ELEMENTS = 2 * 1024 * 1024
 
 
 def _batch_key(module: Module) -> tuple[object, ...] | None:
-    """Shapes that let a plain LoRA module join a batch; None for anything else (checked one by one)."""
+    """Shapes that let a plain LoRA module join a batch; None for anything else (measured one by one). Shapes
+    were validated when the file was opened (``lbw.files.validate``): up [out, r(, 1, 1)], down [r, ...]."""
     if module.kind is not AdapterKind.LORA or "lora_mid" in module.shapes:
         return None
-    up, down = module.shapes["lora_up"], module.shapes["lora_down"]
-    plain_up = len(up) == 2 or (len(up) == 4 and up[2:] == (1, 1))
-    if not plain_up or len(down) < 2 or up[1] != down[0] or down[0] < 1:
-        return None  # the adapters' checks give the precise error
-    return up, down
+    return module.shapes["lora_up"], module.shapes["lora_down"]
 
 
 def _batch_size(module: Module) -> int:

@@ -30,7 +30,7 @@ from lbw.files import metadata as md
 from lbw.files.atomic import atomic_path
 from lbw.files.hashes import LEGACY_HASH_KEY, MODEL_HASH_KEY, stored_and_computed
 from lbw.files.locks import LOCK_WAIT_S, file_lock, resolve_target, target_lock
-from lbw.files.safetensors_header import read_header
+from lbw.files.lora_file import read_lora_header
 from lbw.files.stale import clean_stale_temps
 from lbw.files.writer import WrittenFile, rewrite_metadata
 
@@ -135,7 +135,7 @@ class MetaEditResult:
 def show_meta(path: str | os.PathLike[str]) -> MetaView:
     """Read a LoRA's metadata, its stored and computed hashes and its sidecar (if any)."""
     path = Path(path)
-    header = read_header(path)
+    header = read_lora_header(path)
     side = md.sidecar_path(path)
     return MetaView(path, dict(header.metadata), stored_and_computed(path), side, md.read_sidecar(side))
 
@@ -216,7 +216,7 @@ def edit_meta(
     """
     given = Path(path)
     real = resolve_target(given)
-    read_header(real)  # an unreadable input is reported first (read again under the lock)
+    read_lora_header(real)  # an unreadable input is reported first (read again under the lock)
     target = Path(out) if out is not None else real
     if out is not None and _same_path(given, target):
         raise OutputError("is the input file; leave out -o to edit in place", where=str(target))
@@ -232,7 +232,7 @@ def edit_meta(
             in_place = _hardlink_choice(given, real, hardlinks) == "in-place"
             if in_place:  # other names of the file may be edited in place through their own lock
                 held.enter_context(file_lock(real, wait=lock_wait))
-        header = read_header(real)
+        header = read_lora_header(real)
         current = dict(header.metadata)
         planned = planned_metadata(current, changes)
         diff = _diff(current, planned)
