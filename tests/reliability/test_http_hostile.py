@@ -13,7 +13,6 @@ import io
 import json
 import socket
 import threading
-import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -229,7 +228,6 @@ def test_txt2img_without_progress_times_out_and_progress_keeps_a_slow_one_alive(
 
     slow = webui()
     answer = _txt2img()
-    started: list[float] = []
 
     def progress(request: Request) -> None:  # every poll sees one more sampling step
         slow.progress_polls += 1
@@ -237,13 +235,12 @@ def test_txt2img_without_progress_times_out_and_progress_keeps_a_slow_one_alive(
             "sampling_step": slow.progress_polls, "job_no": 0}})
 
     def txt2img(request: Request) -> None:  # answers after four read timeouts, with progress all along
-        started.append(time.monotonic())
-        slow.stop.wait(1.6)
+        slow.stop.wait(2.4)
         answer(request)
 
     slow.routes.update({"/sdapi/v1/progress": progress, "/sdapi/v1/txt2img": txt2img})
     with serve(slow) as url:
-        result = run_plan(plan(), A1111Backend(url=url, timeout=0.4, poll_interval=0.05), tmp_path / "slow")
+        result = run_plan(plan(), A1111Backend(url=url, timeout=0.6, poll_interval=0.05), tmp_path / "slow")
     assert result.rendered == 1 and slow.counts["/sdapi/v1/txt2img"] == 1
 
 
@@ -256,8 +253,8 @@ def test_the_deadline_stops_a_run_whose_progress_never_ends(tmp_path):
 
     server.routes.update({"/sdapi/v1/progress": progress, "/sdapi/v1/txt2img": server.hang})
     with serve(server) as url:
-        message = fail(A1111Backend(url=url, timeout=0.3, deadline=1.0, poll_interval=0.05), tmp_path)
-    assert message == ("POST /sdapi/v1/txt2img: the run reached its deadline of 1 s (--deadline); finished cells "
+        message = fail(A1111Backend(url=url, timeout=0.6, deadline=1.5, poll_interval=0.05), tmp_path)
+    assert message == ("POST /sdapi/v1/txt2img: the run reached its deadline of 1.5 s (--deadline); finished cells "
                        "are kept in the cache: run the same command again to go on")
 
 
@@ -387,6 +384,16 @@ def test_a1111_current_checkpoint_shapes(path, answer, said, tmp_path):
 def test_a1111_xyz_script_info_shapes(answer, said, tmp_path):
     with serve(webui(**{"/sdapi/v1/script-info": lambda r: r.json(200, answer)})) as url:
         assert said in fail(A1111Backend(url=url, mode="xyz"), tmp_path)
+
+
+def test_a1111_refresh_and_progress_answers(tmp_path):
+    # a progress answer of the wrong shape is no sign of life, but no failure either: the render goes on
+    with serve(webui(**{"/sdapi/v1/progress": lambda r: r.json(200, ["busy"])})) as url:
+        assert run_plan(plan(), A1111Backend(url=url, poll_interval=0.01), tmp_path / "ok").rendered == 1
+    late = replace(plan(), loras=(LoraSpec(name="late"),))  # unknown at first: lbw asks the web UI to refresh
+    with serve(webui(**{"/sdapi/v1/refresh-loras": lambda r: r.raw(200, b"<html>", "text/html")})) as url:
+        message = fail(A1111Backend(url=url), tmp_path, late)
+    assert message == f"{url}: POST /sdapi/v1/refresh-loras: the answer is not JSON (6 bytes: '<html>')"
 
 
 # ---- ComfyUI -----------------------------------------------------------------------------------------------------
