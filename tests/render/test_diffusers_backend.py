@@ -274,3 +274,20 @@ def test_cache_keys_cover_everything_that_changes_the_image(tiny_assets, tmp_pat
     data[-1] ^= 1
     lora_copy.write_bytes(bytes(data))
     assert key(plan) not in (base, changed)  # the LoRA file's contents are hashed
+
+
+def test_every_cell_renders_as_it_would_alone(tiny_assets, tmp_path):
+    """Issue #14: whatever cell came before (weights swapped in place, prompt embeddings cached per text-encoder
+    state), each cell is pixel for pixel the image it gives when it is the only cell rendered."""
+    model, lora = tiny_assets
+    half = tuple(0.5 if i % 2 else 1.0 for i in range(26))
+    cells = [Cell("ALL", (1.0,) * 26), Cell("NONE", (0.0,) * 26), Cell("BASE0", (0.0,) + (1.0,) * 25, "BASE"),
+             Cell("HALF", half), Cell("ALL2", (1.0,) * 25 + (0.99,))]
+    plan = _plan(model, lora, cells)
+    grid = run_plan(plan, DiffusersBackend(device="cpu", batch_size=1), tmp_path / "grid")
+    images = [np.asarray(grid.image(job)) for job in plan.jobs()]
+    assert len({image.tobytes() for image in images}) == len(cells)
+    for job, image in zip(plan.jobs(), images, strict=True):
+        single = _plan(model, lora, [job.cell])
+        alone = run_plan(single, DiffusersBackend(device="cpu", batch_size=1), tmp_path / job.cell.label)
+        assert np.array_equal(image, np.asarray(alone.image(single.jobs()[0]))), job.cell.label

@@ -30,10 +30,12 @@ from lbw.render.plan import Cell, LoraSpec, Plan, Settings
 from lbw.render.runner import run_plan
 
 
-def _png(seed_text: str) -> bytes:
-    colour = tuple(hashlib.sha256(seed_text.encode()).digest()[:3])
+def _png(seed_text: str, size: tuple[int, int] = (16, 16)) -> bytes:
+    """A noise image determined by ``seed_text`` (never one flat colour: lbw refuses those as failed cells)."""
+    seed = int.from_bytes(hashlib.sha256(seed_text.encode()).digest()[:8], "big")
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), colour).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -85,15 +87,42 @@ def _lbw_tags(body: dict) -> list[tuple[str, str, str, str | None]]:
     return tags
 
 
-def _cell_png(body: dict) -> bytes:
-    """The image a web UI with LBW would make: depends on the resolved weights, not on how they were sent."""
-    plain = re.sub(r"\s*<lora:[^>]+>", "", body["prompt"])
-    state = [plain, body["negative_prompt"], body["seed"], body["steps"], body["cfg_scale"], body["sampler_name"],
-             body.get("scheduler"), body["override_settings"], _lbw_tags(body)]
-    return _png(json.dumps(state, sort_keys=True))
-
-
 class FakeA1111(FakeServer):
+    """A web UI with LBW, including the two caches that decide whether one request's weights reach the next.
+
+    - Text-encoder output: webui keeps the last prompt's conditioning (``StableDiffusionProcessing.cached_c`` and
+      ``cached_uc``, "Persistent cond cache" on by default) keyed by the prompt text, the extra-network arguments
+      (the tag's items), clip skip and the checkpoint, and reuses it while those are unchanged, so the text-encoder
+      weights of that earlier request (the LoRA's BASE ratio and TE strength) stay in the image.
+    - Network weights: ``networks.network_apply_weights`` re-applies a layer's LoRA deltas only when the loaded
+      networks' ``(name, te, unet, dyn)`` change; LBW renames each network it weights (``NAME_in_LBW_`` plus a
+      random suffix; here a counter), so the UNet weights are re-applied on every request.
+
+    The image depends on the UNet weights of this request and the text-encoder state the conditioning was made
+    with: a cell renders as it would alone exactly when its conditioning was not reused from another vector.
+    """
+
+    def render_cell(self, body: dict) -> bytes:
+        tags = _lbw_tags(body)
+        overrides = body["override_settings"]
+        key = (body["prompt"], body["negative_prompt"], overrides.get("CLIP_stop_at_last_layers"),
+               overrides.get("sd_model_checkpoint"))
+        te_state = [(name, te, (vector or "1").split(",")[0]) for name, te, _, vector in tags]
+        cached = getattr(self, "cond_cache", None)
+        if cached is not None and cached[0] == key:
+            te_state = cached[1]  # the web UI reuses the conditioning made with the earlier weights
+        else:
+            self.cond_cache = (key, te_state)
+        self.renames = getattr(self, "renames", 0) + 1
+        wanted = [(f"{name}_in_LBW_{self.renames}", te, unet) for name, te, unet, _ in tags]
+        if wanted != getattr(self, "applied", None):
+            self.applied = wanted
+            self.unet_state = [(name, unet, (vector or "").split(",")[1:]) for name, _, unet, vector in tags]
+        plain = re.sub(r"\s*<lora:[^>]+>", "", body["prompt"])
+        state = [plain, body["negative_prompt"], body["seed"], body["steps"], body["cfg_scale"], body["sampler_name"],
+                 body.get("scheduler"), overrides, te_state, self.unet_state]
+        return _png(json.dumps(state, sort_keys=True), (body["width"], body["height"]))
+
     def get_sdapi(self, path, query, body):
         if path == "/sdapi/v1/scripts":
             titles = ["prompt matrix", "x/y/z plot"]
@@ -135,7 +164,7 @@ class FakeA1111(FakeServer):
         time.sleep(self.options.get("delay", 0))
         if body.get("script_name") == "x/y/z plot":
             return self.xyz(body)
-        image = base64.b64encode(_cell_png(body)).decode()
+        image = base64.b64encode(self.render_cell(body)).decode()
         return 200, {"images": [image], "parameters": body, "info": json.dumps({"seed": body["seed"]})}
 
     def xyz(self, body):
@@ -152,7 +181,7 @@ class FakeA1111(FakeServer):
             single = {k: v for k, v in body.items() if k not in ("script_name", "script_args")}
             single["prompt"] = body["prompt"].replace(values[0], value)
             single["negative_prompt"] = body["negative_prompt"].replace(values[0], value)
-            cells.append(base64.b64encode(_cell_png(single)).decode())
+            cells.append(base64.b64encode(self.render_cell(single)).decode())
         grid = base64.b64encode(_png("grid")).decode()
         images = [grid, *cells] if args[10] else [grid]
         return 200, {"images": images, "parameters": body, "info": "{}"}
@@ -228,6 +257,15 @@ def serve(state: FakeServer) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+def _name(prefix: str, vector: str) -> str:
+    """The preset name lbw derives from a vector: prefix + 12 hex digits of SHA-256 of the vector text."""
+    return prefix + hashlib.sha256(vector.encode()).hexdigest()[:12]
+
+
+SUB = "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1"
+SUB_IN01 = "1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1"
+
+
 def _cells() -> tuple[Cell, ...]:
     base = (1.0,) * 17
     return (Cell("Sub", base), Cell("SubIN01_0", (1.0, 0.0, *base[2:]), "IN01"))
@@ -250,9 +288,10 @@ def test_a1111_renders_each_cell_with_presets_in_the_always_on_args(tmp_path):
         bodies = [body for method, path, body in state.requests if path == "/sdapi/v1/txt2img"]
         assert [b["seed"] for b in bodies] == [5, 6, 5, 6]
         second = bodies[2]
-        assert second["prompt"] == "1girl <lora:face:0.8:lbw=lbwcell>"
+        assert second["prompt"] == f"1girl <lora:face:0.8:lbw={_name('lbwcell', SUB_IN01)}>"
+        assert bodies[0]["prompt"] == f"1girl <lora:face:0.8:lbw={_name('lbwcell', SUB)}>"  # one name per vector
         assert second["alwayson_scripts"] == {
-            "LoRA Block Weight": {"args": ["lbwcell:1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1", True, 0]}}
+            "LoRA Block Weight": {"args": [f"{_name('lbwcell', SUB_IN01)}:{SUB_IN01}", True, 0]}}
         assert (second["sampler_name"], second["scheduler"], second["steps"], second["cfg_scale"]) == (
             "DPM++ 2M Karras", "Karras", 20, 7.0)
         assert second["override_settings"] == {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "tiny"}
@@ -290,12 +329,13 @@ def test_a1111_inline_and_xyz_modes_render_the_same_cells(tmp_path):
     assert inline[2]["prompt"] == "1girl <lora:face:0.8:lbw=1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1>"
     assert "alwayson_scripts" not in inline[2]
     body = xyz[0]
-    assert body["seed"] == 5 and body["prompt"] == "1girl <lora:face:0.8:lbw=lbwcell000>"
+    sub, sub_in01 = _name("lbwcell", SUB), _name("lbwcell", SUB_IN01)
+    assert body["seed"] == 5 and body["prompt"] == f"1girl <lora:face:0.8:lbw={sub}>"
     assert body["script_name"] == "x/y/z plot"
-    assert body["script_args"] == [8, "lbwcell000,lbwcell001", [], 0, "", [], 0, "", [], True, True, False,
+    assert body["script_args"] == [8, f"{sub},{sub_in01}", [], 0, "", [], 0, "", [], True, True, False,
                                    False, False, False, False, 0, False, "fork-extra", 3]
     assert body["alwayson_scripts"] == {"LoRA Block Weight": {"args": [
-        "lbwcell000:1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1\nlbwcell001:1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1", True, 0]}}
+        f"{sub}:{SUB}\n{sub_in01}:{SUB_IN01}", True, 0]}}
 
 
 def test_a1111_xyz_mode_refusals(tmp_path):
@@ -325,10 +365,10 @@ def test_a1111_tag_forms_and_untuned_loras():
                                                       weights=(1.0,) + (0.0,) * 11),
                        LoraSpec(name="plain", tuned=False, te_strength=0.5)))
     body = txt2img_payload(plan, plan.jobs()[1])
-    assert body["prompt"] == (
-        "p <lora:face:1:lbw=lbwcell> <lora:style:0.5:lbw=lbwfixed1> <lora:plain:te=0.5:unet=1>")
+    cell, fixed = _name("lbwcell", SUB_IN01), _name("lbwfixed", "1,0,0,0,0,0,0,0,0,0,0,0")
+    assert body["prompt"] == f"p <lora:face:1:lbw={cell}> <lora:style:0.5:lbw={fixed}> <lora:plain:te=0.5:unet=1>"
     assert body["alwayson_scripts"]["LoRA Block Weight"]["args"][0].splitlines() == [
-        "lbwcell:1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1", "lbwfixed1:1,0,0,0,0,0,0,0,0,0,0,0"]
+        f"{cell}:{SUB_IN01}", f"{fixed}:1,0,0,0,0,0,0,0,0,0,0,0"]
     inline = txt2img_payload(plan, plan.jobs()[1], "inline")
     assert inline["prompt"] == ("p <lora:face:1:lbw=1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1> "
                                 "<lora:style:0.5:lbw=1,0,0,0,0,0,0,0,0,0,0,0> <lora:plain:te=0.5:unet=1>")
@@ -341,7 +381,7 @@ def test_a1111_reports_missing_extension_lora_and_checkpoint(tmp_path):
         run_plan(_plan(LoraSpec(name="face")), A1111Backend(url=url), tmp_path)
     state = FakeA1111()
     with serve(state) as url:
-        with pytest.raises(RenderError, match=r"LoRA 'fase' is not known to the web UI; did you mean face\?"):
+        with pytest.raises(RenderError, match=r"LoRA 'fase' is not known to the web UI; did you mean 'face'\?"):
             run_plan(_plan(LoraSpec(name="fase")), A1111Backend(url=url), tmp_path)
         assert state.refreshed
         run_plan(_plan(LoraSpec(name="late")), A1111Backend(url=url), tmp_path / "late")  # found after refresh
@@ -365,10 +405,12 @@ def test_server_that_fails_then_recovers(tmp_path):
 def test_server_that_never_recovers_and_no_server():
     with serve(FakeA1111(fail_first=100)) as url:
         client = HttpClient(url, retries=2, backoff=0.0)
-        with pytest.raises(RenderError, match=r"POST /sdapi/v1/txt2img failed after 3 attempts \(HTTP 503"):
+        with pytest.raises(RenderError, match=r"POST /sdapi/v1/txt2img: HTTP 503: Service Unavailable \(gave up "
+                                              r"after 3 attempts\)$"):
             client.post_json("/sdapi/v1/txt2img", {})
-    closed = HttpClient(url, retries=1, backoff=0.0, timeout=2)  # the server is gone now
-    with pytest.raises(RenderError, match=r"failed after 2 attempts .*is the server running"):
+    closed = HttpClient(url, retries=1, backoff=0.0, read_timeout=2)  # the server is gone now
+    with pytest.raises(RenderError, match=r"GET /sdapi/v1/scripts: connection refused \(gave up after 2 attempts\); "
+                                          r"is the server running\?$"):
         closed.get_json("/sdapi/v1/scripts")
     with pytest.raises(RenderError, match="must look like http://HOST:PORT"):
         HttpClient("localhost:7860")
@@ -409,5 +451,47 @@ def test_comfyui_reports_missing_pack_lora_and_execution_errors(tiny_assets, tmp
         wrong = replace(plan, loras=(LoraSpec(path=str(lora_path), name="face"),))
         with pytest.raises(RenderError, match="LoRA 'face' is not in ComfyUI's lora list"):
             run_plan(wrong, ComfyUIBackend(url=url), tmp_path)
-        with pytest.raises(RenderError, match="ComfyUI failed on cell 'a': CUDA out of memory"):
+        with pytest.raises(RenderError, match=r"^1 cell failed and was not cached \(run the same command again to "
+                                              r"retry\): a seed 1: ComfyUI: CUDA out of memory$"):
             run_plan(plan, ComfyUIBackend(url=url, poll_interval=0.0), tmp_path)
+        assert not list((tmp_path / "cache").glob("*.png"))
+
+
+def _decode(data: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+
+
+def test_every_cell_renders_as_it_would_alone_in_every_mode(tmp_path):
+    """Issue #14.1: a grid cell must equal the same cell rendered alone on a fresh web UI, whatever came before.
+
+    The fake web UI reuses the text-encoder output of the previous request while the prompt text is unchanged, as
+    webui does; with one preset name for every cell (the old ``lbw=lbwcell``) NONE after ALL keeps ALL's BASE.
+    """
+    cells = (Cell("ALL", (1.0,) * 17), Cell("NONE", (0.0,) * 17), Cell("BASE0", (0.0,) + (1.0,) * 16, "BASE"),
+             Cell("IN01_0", (1.0, 0.0) + (1.0,) * 15, "IN01"), Cell("HALF", (0.5,) * 17))
+    plan = replace(_plan(LoraSpec(name="face", strength=0.8)), kind="presets", cells=cells)
+    alone = {}
+    for job in plan.jobs():
+        single = replace(plan, cells=(job.cell,), settings=replace(plan.settings, seeds=(job.seed,)))
+        with serve(FakeA1111()) as url:  # a fresh web UI: nothing cached
+            result = run_plan(single, A1111Backend(url=url), tmp_path / "alone" / f"{job.cell.label}-{job.seed}")
+        alone[(job.cell.label, job.seed)] = np.asarray(result.image(single.jobs()[0]))
+    assert len({a.tobytes() for a in alone.values()}) == len(alone)  # every cell and seed looks different
+    for mode in MODES:
+        with serve(FakeA1111()) as url:
+            result = run_plan(plan, A1111Backend(url=url, mode=mode), tmp_path / mode)
+        for job in plan.jobs():
+            assert np.array_equal(np.asarray(result.image(job)), alone[(job.cell.label, job.seed)]), (mode, job)
+    # The old requests (one name, "lbwcell", for every cell) leak: the fake reproduces the defect it models.
+    leaked = []
+    with serve(FakeA1111()) as url:
+        client = HttpClient(url)
+        for job in plan.jobs():
+            body = txt2img_payload(plan, job)
+            name = body["prompt"].split("lbw=")[1].rstrip(">")
+            old = json.loads(json.dumps(body).replace(name, "lbwcell"))
+            image = _decode(client.post_json("/sdapi/v1/txt2img", old)["images"][0])
+            if not np.array_equal(image, alone[(job.cell.label, job.seed)]):
+                leaked.append((job.cell.label, job.seed))
+    # ALL's conditioning (BASE 1) is reused by every later request: wrong wherever a cell's BASE is not 1
+    assert leaked == [(label, seed) for label in ("NONE", "BASE0", "HALF") for seed in (5, 6)]

@@ -24,6 +24,7 @@ from lbw.errors import RenderError
 from lbw.render.analysis import BlockChange, Box, block_change, diff_image, heatmap_overlay
 from lbw.render.blocks import format_value
 from lbw.render.grid import PLAN_CHUNK, compose_grid, save_png
+from lbw.render.paths import inside, safe_component
 from lbw.render.plan import Cell, EbaSpec, Plan, plan_to_json
 
 SOURCE_LABEL = "source"
@@ -67,7 +68,7 @@ def analyze_seed(
     """Metrics, diff images, heatmaps and the grid for one seed; ``images`` maps cell label -> image."""
     spec = plan.eba or EbaSpec()
     source = np.asarray(images[SOURCE_LABEL].convert("RGB"))
-    folder = out_dir / f"seed{seed}"
+    folder = inside(out_dir, f"seed{seed}")
     folder.mkdir(parents=True, exist_ok=True)
     changes: list[BlockChange] = []
     diffs: dict[str, Path] = {}
@@ -80,8 +81,9 @@ def analyze_seed(
         changes.append(change)
         diff = diff_image(probe, source, spec.diff_color)
         heat = heatmap_overlay(probe, source, roi=roi)
-        diffs[cell.label] = save_png(diff, folder / f"diff_{cell.label}.png")
-        heats[cell.label] = save_png(heat, folder / f"heat_{cell.label}.png")
+        name = safe_component(cell.label, fallback="cell", unique=True)  # a saved plan's labels are outside data
+        diffs[cell.label] = save_png(diff, inside(folder, f"diff_{name}.png"))
+        heats[cell.label] = save_png(heat, inside(folder, f"heat_{name}.png"))
         rows.append([diff, heat, images[cell.label], images[SOURCE_LABEL]])
         labels.append(row_text(change))
     columns = [
@@ -97,7 +99,7 @@ def analyze_seed(
     if roi is not None:
         title += f", region {roi.as_text()}"
     grid = compose_grid(rows, labels, columns, title=title)
-    path = save_png(grid, out_dir / f"eba_seed{seed}.png", {PLAN_CHUNK: plan_to_json(plan)})
+    path = save_png(grid, inside(out_dir, f"eba_seed{seed}.png"), {PLAN_CHUNK: plan_to_json(plan)})
     return SeedAnalysis(seed, tuple(changes), path, diffs, heats)
 
 

@@ -7,6 +7,11 @@ Output folder layout::
     grid.png                      rows = cells, columns = seeds (x axis values); plan in an ``lbw_plan`` chunk
     cache/<sha256>.png            the content cache (shared by re-runs; ``--cache`` moves it)
 
+A cell whose image is one flat colour (NaNs in the UNet or VAE, or a cell the server filled in after a failure)
+or that the backend reports as failed is not cached: the other cells render on, then the run fails with one line
+naming the failed cells, and the next run renders only those. File names built from labels and axis values are
+made safe (``lbw.render.paths``) and stay inside the output folder.
+
 Example:
     >>> result = run_plan(plan, backend, Path("out"))
     >>> result.rendered, result.reused
@@ -15,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +28,12 @@ from typing import Any
 from PIL import Image
 
 from lbw.errors import RenderError
-from lbw.render.backends.base import Backend, StepCallback
+from lbw.render.backends.base import Backend, CellFailure, StepCallback
+from lbw.render.backends.http import one_line
 from lbw.render.blocks import format_value, weight_of
 from lbw.render.cache import CellCache, cache_key, link_or_copy
 from lbw.render.grid import PLAN_CHUNK, compose_grid, save_png
+from lbw.render.paths import inside, safe_component
 from lbw.render.plan import Job, Plan, plan_to_json, save_plan
 
 # Called after each job with (jobs done, jobs total, label of the job, whether it came from the cache).
@@ -87,6 +93,7 @@ def run_plan(
             todo.setdefault(keys[job], job)
     done = 0
     total = len(jobs)
+    failed: list[tuple[Job, str]] = []
     for job in jobs:
         if keys[job] not in todo:
             done += 1
@@ -98,6 +105,11 @@ def run_plan(
             key = keys[job]
             if key not in todo:
                 raise RenderError(f"backend {backend.name} returned an image for a job it was not given")
+            reason = image.reason if isinstance(image, CellFailure) else flat_image_reason(image)
+            if reason is not None:
+                failed.append((job, reason))
+                del todo[key]
+                continue
             cache.put(key, image)
             del todo[key]
             copies = sum(1 for j in jobs if keys[j] == key)
@@ -109,23 +121,56 @@ def run_plan(
     if todo:
         missing = ", ".join(job.cell.label for job in todo.values())
         raise RenderError(f"backend {backend.name} finished without rendering: {missing}")
+    if failed:
+        raise RenderError(failure_message(failed))
     for job in jobs:
         source = cache.get(keys[job])
         assert source is not None
-        result.cell_paths[job] = link_or_copy(source, out / "cells" / cell_file_name(plan, job))
+        result.cell_paths[job] = link_or_copy(source, inside(out, "cells", cell_file_name(plan, job)))
     if grid:
         result.grids.append(write_plot_grid(plan, result, out / "grid.png"))
     return result
 
 
+def flat_image_reason(image: Image.Image) -> str | None:
+    """Why ``image`` cannot be a rendered cell (every pixel the same colour), or None when it can be."""
+    extrema = image.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    if all(low == high for low, high in bands):  # type: ignore[misc]
+        colour = ", ".join(str(low) for low, _ in bands)  # type: ignore[misc]
+        return f"the image is one flat colour ({colour}): NaNs in the UNet or VAE, or a failed cell"
+    return None
+
+
+def failure_message(failed: list[tuple[Job, str]]) -> str:
+    """One line naming the failed cells (the first three with their reasons)."""
+    shown = "; ".join(f"{one_line(job.cell.label, 80)} seed {job.seed}: {reason}" for job, reason in failed[:3])
+    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+    count = f"{len(failed)} cell failed and was" if len(failed) == 1 else f"{len(failed)} cells failed and were"
+    return f"{count} not cached (run the same command again to retry): {shown}{more}"
+
+
+def axis_texts(plan: Plan) -> dict[Any, str]:
+    """A safe, distinct file-name text per axis value: ``0.5`` or a checkpoint's stem (``-2``... when stems
+    repeat)."""
+    if plan.axis is None:
+        return {}
+    texts: dict[Any, str] = {}
+    for index, value in enumerate(plan.axis.values):
+        shown = format_value(value) if isinstance(value, int | float) else Path(str(value).replace("\\", "/")).stem
+        text = base = safe_component(shown, fallback=f"value{index + 1}", limit=60)
+        suffix = index
+        while text in texts.values():
+            suffix += 1
+            text = f"{base}-{suffix}"
+        texts[value] = text
+    return texts
+
+
 def cell_file_name(plan: Plan, job: Job) -> str:
-    """``003_SubIN04_0_seed1.png`` (``_strength0.5`` / checkpoint stem added for an axis)."""
-    label = re.sub(r"[^A-Za-z0-9._-]+", "_", job.cell.label).strip("_") or "cell"
-    axis = ""
-    if plan.axis is not None:
-        value = job.axis_value
-        text = format_value(value) if isinstance(value, int | float) else Path(str(value)).stem
-        axis = f"_{plan.axis.kind}{re.sub(r'[^A-Za-z0-9._-]+', '_', text)}"
+    """``003_SubIN04_0_seed1.png`` (``_strength0.5`` / checkpoint stem added for an axis); always one safe name."""
+    label = safe_component(job.cell.label, fallback="cell")
+    axis = "" if plan.axis is None else f"_{safe_component(plan.axis.kind)}{axis_texts(plan)[job.axis_value]}"
     return f"{job.cell_index:03d}_{label}_seed{job.seed}{axis}.png"
 
 

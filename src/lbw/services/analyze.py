@@ -25,8 +25,9 @@ from lbw.files.atomic import write_text_atomic
 from lbw.render.analysis import IMPORTANT, UNCLEAR, UNNEEDED, BlockChange, Box, Thresholds, classify, rank
 from lbw.render.backends.base import Backend, StepCallback
 from lbw.render.eba import SOURCE_LABEL, SeedAnalysis, analyze_seed, eba_cells, mean_changes
+from lbw.render.paths import inside, safe_component
 from lbw.render.plan import Axis, EbaSpec, LoraSpec, Plan, Settings
-from lbw.render.runner import CellCallback, RunResult, run_plan
+from lbw.render.runner import CellCallback, RunResult, axis_texts, run_plan
 
 # The tutorial's sheet entry for each class: (weight, fixed).
 SHEET_ENTRY = {IMPORTANT: (1.0, True), UNNEEDED: (0.0, True), UNCLEAR: (0.5, False)}
@@ -164,6 +165,7 @@ def analyze_run(run: RunResult) -> EbaReport:
     out = run.out_dir
     seeds: list[SeedAnalysis] = []
     axis_values = plan.axis.values if plan.axis else (None,)
+    folders = axis_texts(plan)
     for value in axis_values:
         for seed in plan.settings.seeds:
             images = {
@@ -171,7 +173,8 @@ def analyze_run(run: RunResult) -> EbaReport:
                 for job in run.cell_paths
                 if job.seed == seed and job.axis_value == value
             }
-            target = out if plan.axis is None else out / f"{plan.axis.kind}_{value}"
+            # an axis value may be a server's checkpoint name: one safe folder name, inside the output folder
+            target = out if plan.axis is None else inside(out, f"{safe_component(plan.axis.kind)}_{folders[value]}")
             target.mkdir(parents=True, exist_ok=True)
             seeds.append(analyze_seed(plan, seed, images, target, roi=roi, transpose=spec.transpose))
     changes = mean_changes(seeds)

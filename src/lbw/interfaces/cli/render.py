@@ -108,10 +108,11 @@ def _backend(options: dict[str, Any]) -> Any:
             model_config=options["model_config"],
             dtype=options["dtype"],
         )
+    limits = {key: options[key] for key in ("timeout", "connect_timeout", "deadline") if options[key] is not None}
     if name == "a1111":
-        return make_backend(name, url=options["url"] or "http://127.0.0.1:7860", mode=options["a1111_mode"])
+        return make_backend(name, url=options["url"] or "http://127.0.0.1:7860", mode=options["a1111_mode"], **limits)
     if name == "comfyui":
-        return make_backend(name, url=options["url"] or "http://127.0.0.1:8188")
+        return make_backend(name, url=options["url"] or "http://127.0.0.1:8188", **limits)
     return make_backend(name)
 
 
@@ -249,6 +250,12 @@ _SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188 by default).")),
     ("a1111_mode", str, typer.Option("presets", "--a1111-mode", help="presets (always-on args), inline (lbw= "
                                      "vectors) or xyz (X/Y/Z Prompt S/R).")),
+    ("timeout", float | None, typer.Option(None, "--timeout", help="a1111/comfyui: seconds a request may go "
+                                           "without an answer or progress (default 300).")),
+    ("connect_timeout", float | None, typer.Option(None, "--connect-timeout", help="a1111/comfyui: seconds to "
+                                                   "connect (default 10).")),
+    ("deadline", float | None, typer.Option(None, "--deadline", help="a1111/comfyui: seconds for the whole run "
+                                            "(default: no limit; finished cells stay cached).")),
 )
 
 

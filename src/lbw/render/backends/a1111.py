@@ -4,16 +4,24 @@ Three ways to send the block weights (``mode``), all with a fixed seed per image
 
 - ``presets`` (default): one ``POST /sdapi/v1/txt2img`` per cell; the vector travels as a preset in the LoRA Block
   Weight always-on arguments (``args[0]`` replaces the preset file for that request only; the user's
-  ``lbwpresets.txt`` is never edited) and the prompt carries ``<lora:NAME:M:lbw=lbwcell>``.
+  ``lbwpresets.txt`` is never edited) and the prompt carries ``<lora:NAME:M:lbw=lbwcellHASH>``.
 - ``inline``: one request per cell with the vector in the tag, ``<lora:NAME:M:lbw=1,0,0.5,...>``; LBW runs with
   its own defaults (no always-on arguments are sent).
 - ``xyz``: one request per seed (and axis value) with the built-in X/Y/Z plot script, X = Prompt S/R over the
-  cells' preset names (``lbwcell000, lbwcell001, ...``), lone images included; the axis index and the argument
-  list come from ``/sdapi/v1/script-info``. The model stays loaded between cells.
+  cells' preset names, lone images included; the axis index and the argument list come from
+  ``/sdapi/v1/script-info``. The model stays loaded between cells.
+
+Every preset name is ``lbwcell``/``lbwfixed`` + 12 hex digits of the SHA-256 of its vector, so the prompt text of
+a cell changes exactly when its weights do. The web UI keeps the text-encoder output of the last prompt
+(``StableDiffusionProcessing.cached_c``/``cached_uc``, "Persistent cond cache", on by default) and reuses it while
+the prompt text and its extra-network arguments are unchanged; one fixed name for every cell made each cell reuse
+the previous cell's text-encoder output (its BASE weight), so cells leaked into each other.
 
 Before rendering the backend checks that LBW (and X/Y/Z) are installed, the LoRAs are known (after one
 ``refresh-loras``) and the checkpoint exists, and says which is missing. Progress is read from
-``/sdapi/v1/progress`` while a request runs.
+``/sdapi/v1/progress`` while a request runs; a request fails when neither its answer nor the progress moved for the
+read timeout (``--timeout``). Every answer's shape is checked (``Answer``) and every image decoded only after its
+size matched the plan's.
 
 Example:
     >>> backend = A1111Backend(url="http://127.0.0.1:7860", mode="inline")
@@ -22,10 +30,10 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import difflib
-import io
+import hashlib
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +42,10 @@ from PIL import Image
 
 from lbw.domain.layouts import layout_for_length
 from lbw.errors import RenderError
+from lbw.render.backends.answers import Answer
 from lbw.render.backends.base import Hasher, StepCallback
-from lbw.render.backends.http import HttpClient
+from lbw.render.backends.http import CONNECT_TIMEOUT, MAX_BYTES, READ_TIMEOUT, Deadline, HttpClient
+from lbw.render.backends.images import decode_image
 from lbw.render.blocks import format_value
 from lbw.render.plan import Job, LoraSpec, Plan
 from lbw.render.samplers import resolve_sampler
@@ -45,8 +55,8 @@ LBW_TITLE = "LoRA Block Weight"
 XYZ_TITLE = "x/y/z plot"
 PROMPT_SR = "Prompt S/R"
 CELL_PRESET = "lbwcell"
+FIXED_PRESET = "lbwfixed"
 MODES = ("presets", "inline", "xyz")
-_MODEL_KEYS = ("title", "model_name", "filename")
 # X/Y/Z plot arguments 0-17 (webui 1.6-1.10; forks append more, which keep their defaults).
 _XYZ_ARGS = 18
 
@@ -78,23 +88,38 @@ def preset_line(name: str, values: Sequence[float]) -> str:
     return f"{name}:{vector_text(values)}"
 
 
-def cell_preset_name(index: int) -> str:
-    """The preset name of a plan cell in ``xyz`` mode (same width for every cell, never a prefix of another)."""
-    return f"{CELL_PRESET}{index:03d}"
+def preset_name(prefix: str, values: Sequence[float]) -> str:
+    """``PREFIX`` + 12 hex digits of the SHA-256 of the vector text: one name per vector, all names one width.
+
+    The prompt text then differs exactly where the weights differ, so the web UI's cache of the text-encoder
+    output (keyed by the prompt's text) is never reused for other weights.
+
+    Example:
+        >>> preset_name("lbwcell", [1.0] * 17)
+        'lbwcell9b8f4488df78'
+    """
+    return f"{prefix}{hashlib.sha256(vector_text(values).encode('ascii')).hexdigest()[:12]}"
 
 
-def _lora_tags(plan: Plan, job: Job, mode: str, tuned_preset: str) -> tuple[list[str], list[str]]:
-    """Prompt tags and preset lines of every LoRA for ``job`` (the tuned one's preset is ``tuned_preset``)."""
+def cell_preset_name(values: Sequence[float]) -> str:
+    """The preset name of the tuned LoRA's vector in one cell (``lbwcell`` + hash)."""
+    return preset_name(CELL_PRESET, values)
+
+
+def _lora_tags(plan: Plan, job: Job, mode: str) -> tuple[list[str], list[str]]:
+    """Prompt tags and preset lines of every LoRA for ``job`` (preset names from the vectors' hashes)."""
     tags: list[str] = []
     presets: list[str] = []
-    for number, (spec, state) in enumerate(zip(plan.loras, lora_states(plan, job), strict=True)):
+    for spec, state in zip(plan.loras, lora_states(plan, job), strict=True):
         values = job.cell.values if spec.tuned else spec.weights
         weights = None
         if values is not None and mode == "inline":
             weights = vector_text(values)
         elif values is not None:
-            weights = tuned_preset if spec.tuned else f"lbwfixed{number}"
-            presets.append(preset_line(weights, values))
+            weights = preset_name(CELL_PRESET if spec.tuned else FIXED_PRESET, values)
+            line = preset_line(weights, values)
+            if line not in presets:
+                presets.append(line)
         tags.append(lora_prompt_tag(_name(spec), state.text, state.unet, weights))
     return tags, presets
 
@@ -103,7 +128,7 @@ def txt2img_payload(plan: Plan, job: Job, mode: str = "presets") -> dict[str, An
     """The ``/sdapi/v1/txt2img`` body for one job (``presets`` or ``inline`` mode)."""
     if mode not in ("presets", "inline"):
         raise RenderError(f"one-cell payloads exist for presets and inline mode, not {mode!r}")
-    tags, presets = _lora_tags(plan, job, mode, CELL_PRESET)
+    tags, presets = _lora_tags(plan, job, mode)
     return _payload(plan, job, tags, presets)
 
 
@@ -116,15 +141,23 @@ def xyz_payload(plan: Plan, jobs: Sequence[Job], script_args: Sequence[Any]) -> 
     first = jobs[0]
     if any(job.seed != first.seed or job.axis_value != first.axis_value for job in jobs):
         raise RenderError("an X/Y/Z request renders the cells of one seed and one axis value")
-    names = [cell_preset_name(job.cell_index) for job in jobs]
-    tags, presets = _lora_tags(plan, first, "presets", names[0])
-    presets += [preset_line(name, job.cell.values) for job, name in zip(jobs[1:], names[1:], strict=True)]
+    names = xyz_names(jobs)
+    tags, presets = _lora_tags(plan, first, "presets")
+    lines = {cell_preset_name(job.cell.values): preset_line(cell_preset_name(job.cell.values), job.cell.values)
+             for job in jobs}
+    presets += [line for line in lines.values() if line not in presets]
     payload = _payload(plan, first, tags, presets)
     args = list(script_args)
     args[1] = ",".join(names)  # preset names hold no comma or space: no CSV quoting needed
     payload["script_name"] = XYZ_TITLE
     payload["script_args"] = args
     return payload
+
+
+def xyz_names(jobs: Sequence[Job]) -> list[str]:
+    """The X values of an X/Y/Z request: each distinct cell preset name once, in job order (the first is in the
+    prompt; Prompt S/R replaces it by each in turn)."""
+    return list(dict.fromkeys(cell_preset_name(job.cell.values) for job in jobs))
 
 
 def xyz_script_args(info: Any) -> list[Any]:
@@ -134,23 +167,25 @@ def xyz_script_args(info: Any) -> list[Any]:
     z_type, z_values, z_values_dropdown, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds,
     vary_seeds_x/y/z, margin_size, csv_mode; later positions (forks) keep their defaults.
     """
-    entries = [
-        entry
-        for entry in (info if isinstance(info, list) else [])
-        if isinstance(entry, dict) and entry.get("name") == XYZ_TITLE and not entry.get("is_img2img")
-    ]
+    answer = info if isinstance(info, Answer) else Answer("GET /sdapi/v1/script-info", info)
+    entries = []
+    for entry in answer.items():
+        img2img = entry.optional("is_img2img")
+        if entry.optional_text("name") == XYZ_TITLE and not (img2img is not None and img2img.flag()):
+            entries.append(entry)
     if not entries:
-        raise RenderError("the web UI's script-info lists no txt2img 'x/y/z plot' script")
-    args = entries[0].get("args") or []
+        raise answer.fail("lists no txt2img 'x/y/z plot' script")
+    args = entries[0].field("args", "the script's argument list").items()
     if len(args) < _XYZ_ARGS:
         raise RenderError(
             f"the X/Y/Z plot script takes {len(args)} arguments; lbw knows the {_XYZ_ARGS}-argument layout of "
             "webui 1.6 and later (use --a1111-mode presets)"
         )
-    choices = args[0].get("choices") or []
+    listed = args[0].field("choices", "the X types").items()
+    choices = [choice.text() for choice in listed]
     if PROMPT_SR not in choices:
         raise RenderError(f"the X/Y/Z plot X type has no {PROMPT_SR!r} choice (choices: {len(choices)})")
-    values = [arg.get("value") for arg in args]
+    values = [arg.mapping().get("value") for arg in args]
     values[0:_XYZ_ARGS] = [
         choices.index(PROMPT_SR), "", [],  # X: Prompt S/R (values set per request)
         0, "", [],  # Y: Nothing
@@ -194,7 +229,11 @@ def _payload(plan: Plan, job: Job, tags: list[str], presets: list[str]) -> dict[
 
 
 class A1111Backend:
-    """Render through a running web UI's API (see the module docstring)."""
+    """Render through a running web UI's API (see the module docstring).
+
+    ``timeout``: the read timeout (the longest silence of a request, progress included); ``connect_timeout``;
+    ``deadline``: seconds for a whole run (None: no limit); ``max_bytes``: the largest non-image answer.
+    """
 
     name = "a1111"
 
@@ -202,7 +241,10 @@ class A1111Backend:
         self,
         *,
         url: str = "http://127.0.0.1:7860",
-        timeout: float = 600.0,
+        timeout: float = READ_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        deadline: float | None = None,
+        max_bytes: int = MAX_BYTES,
         retries: int = 4,
         backoff: float = 1.0,
         poll_interval: float = 0.5,
@@ -210,17 +252,24 @@ class A1111Backend:
     ) -> None:
         if mode not in MODES:
             raise RenderError(f"unknown a1111 mode {mode!r}; expected one of {', '.join(MODES)}")
-        self.client = HttpClient(url, timeout=timeout, retries=retries, backoff=backoff)
+        self.deadline = Deadline(deadline)
+        self.client = HttpClient(url, connect_timeout=connect_timeout, read_timeout=timeout, deadline=self.deadline,
+                                 max_bytes=max_bytes, retries=retries, backoff=backoff)
         self.poll_interval = poll_interval
         self.mode = mode
         self._lora_hashes: dict[str, str] = {}
         self._model_hashes: dict[str, str] = {}
         self._xyz_args: list[Any] = []
+        self._alive: float | None = None
+
+    def _get(self, path: str) -> Answer:
+        return Answer(f"GET {path}", self.client.get_json(path), where=self.client.base_url)
 
     def prepare(self, plan: Plan) -> None:
         """Check LBW, the LoRAs and the checkpoint(s) on the server; RenderError naming what is missing."""
-        scripts = self.client.get_json("/sdapi/v1/scripts")
-        titles = [str(t).lower() for t in (scripts.get("txt2img") or [])] if isinstance(scripts, dict) else []
+        self.deadline.restart()
+        scripts = self._get("/sdapi/v1/scripts")
+        titles = [item.text().lower() for item in scripts.field("txt2img", "a list of script titles").items()]
         if LBW_TITLE.lower() not in titles:
             raise RenderError(
                 "the LoRA Block Weight extension is not installed or not enabled "
@@ -241,7 +290,7 @@ class A1111Backend:
             name = _name(missing[0])
             close = difflib.get_close_matches(name, list(known), n=3)
             hint = (
-                f"; did you mean {', '.join(close)}?" if close else f"; the web UI knows {len(known)} LoRAs"
+                f"; did you mean {', '.join(map(repr, close))}?" if close else f"; the web UI knows {len(known)} LoRAs"
             )
             raise RenderError(f"LoRA {name!r} is not known to the web UI{hint}", where=self.client.base_url)
         checkpoints = (
@@ -249,17 +298,16 @@ class A1111Backend:
             if plan.axis and plan.axis.kind == "checkpoint"
             else ([plan.model] if plan.model else [])
         )
-        models = self.client.get_json("/sdapi/v1/sd-models")
-        entries = models if isinstance(models, list) else []
+        models = self._get("/sdapi/v1/sd-models").items()
         if not checkpoints:  # the web UI's current checkpoint renders: key the cache by it too
-            options = self.client.get_json("/sdapi/v1/options")
-            current = options.get("sd_model_checkpoint") if isinstance(options, dict) else None
-            checkpoints = [str(current)] if current else []
+            current = self._get("/sdapi/v1/options").optional_text("sd_model_checkpoint")
+            checkpoints = [current] if current else []
         for checkpoint in checkpoints:
-            entry = next((m for m in entries if checkpoint in {m.get(k) for k in _MODEL_KEYS}), None)
+            entry = next((m for m in models if checkpoint in _model_names(m)), None)
             if entry is None:
                 raise RenderError(f"checkpoint {checkpoint!r} is not known to the web UI", where=self.client.base_url)
-            self._model_hashes[checkpoint] = str(entry.get("sha256") or entry.get("hash") or entry["title"])
+            digest = entry.optional_text("sha256") or entry.optional_text("hash") or entry.text_at("title")
+            self._model_hashes[checkpoint] = digest
 
     def _prepare_xyz(self, plan: Plan, titles: list[str]) -> None:
         if XYZ_TITLE not in titles:
@@ -269,17 +317,18 @@ class A1111Backend:
         settings = plan.settings
         if CELL_PRESET in settings.prompt or CELL_PRESET in settings.negative_prompt:
             raise RenderError(f"xyz mode: the prompt must not contain {CELL_PRESET!r} (the Prompt S/R names)")
-        self._xyz_args = xyz_script_args(self.client.get_json("/sdapi/v1/script-info"))
+        self._xyz_args = xyz_script_args(self._get("/sdapi/v1/script-info"))
 
     def _loras(self) -> dict[str, str]:
-        listing = self.client.get_json("/sdapi/v1/loras")
         known: dict[str, str] = {}
-        for entry in listing if isinstance(listing, list) else []:
-            meta = entry.get("metadata") or {}
-            digest = str(meta.get("sshs_model_hash") or entry.get("path") or "")
+        for entry in self._get("/sdapi/v1/loras").items():
+            metadata = entry.optional("metadata")
+            digest = (metadata.optional_text("sshs_model_hash") if metadata is not None else None) or ""
+            digest = digest or entry.optional_text("path") or ""
             for key in ("name", "alias"):
-                if entry.get(key):
-                    known[str(entry[key])] = digest
+                value = entry.text_at(key) if key == "name" else entry.optional_text(key)
+                if value:
+                    known[value] = digest
         self._lora_hashes = known
         return known
 
@@ -300,70 +349,93 @@ class A1111Backend:
         self, plan: Plan, jobs: Sequence[Job], on_step: StepCallback | None = None
     ) -> Iterator[tuple[Job, Image.Image]]:
         """One txt2img request per job, or (xyz) per seed and axis value; progress is polled meanwhile."""
+        size = (plan.settings.width, plan.settings.height)
         if self.mode != "xyz":
             for job in jobs:
                 payload = txt2img_payload(plan, job, self.mode)
-                images = self._images(payload, 1, job.cell.label, on_step)
-                yield job, _decode_image(images[0])
+                images = self._images(payload, 1, job.cell.label, size, on_step)
+                yield job, decode_image(images[0], job.cell.label, size)
             return
         groups: dict[tuple[Any, int], list[Job]] = {}
         for job in jobs:
             groups.setdefault((job.axis_value, job.seed), []).append(job)
         for (_, seed), group in groups.items():
             payload = xyz_payload(plan, group, self._xyz_args)
+            names = xyz_names(group)
             # images[0] is the X/Y/Z grid; the lone images follow in X order.
-            images = self._images(payload, len(group) + 1, f"seed {seed} (X/Y/Z)", on_step)
-            yield from zip(group, map(_decode_image, images[1:]), strict=True)
+            images = self._images(payload, len(names) + 1, f"seed {seed} (X/Y/Z)", size, on_step)
+            for job in group:
+                data = images[1 + names.index(cell_preset_name(job.cell.values))]
+                yield job, decode_image(data, job.cell.label, size)
 
     def _images(
-        self, payload: dict[str, Any], count: int, label: str, on_step: StepCallback | None
+        self, payload: dict[str, Any], count: int, label: str, size: tuple[int, int], on_step: StepCallback | None
     ) -> list[str]:
         """The first ``count`` base64 images of the answer to ``payload``."""
-        answer = self._with_progress(payload, label, on_step)
-        images = answer.get("images") if isinstance(answer, dict) else None
-        if not isinstance(images, list) or len(images) < count:
-            got = len(images) if isinstance(images, list) else 0
-            raise RenderError(
-                f"the web UI returned {got} image(s) for {label!r}, expected {count}", where=self.client.base_url
-            )
-        return [str(data) for data in images[:count]]
+        # base64 PNGs of noise-like images take about 4 bytes per pixel; the X/Y/Z grid is as large as its cells
+        limit = self.client.max_bytes + 2 * count * size[0] * size[1] * 5
+        answer = Answer("POST /sdapi/v1/txt2img", self._with_progress(payload, label, on_step, limit),
+                        where=self.client.base_url)
+        images = answer.field("images", "a list of base64 images").items()
+        if len(images) < count:
+            raise answer.fail(f"holds {len(images)} image(s) for {label!r}, expected {count}")
+        return [image.text() for image in images[:count]]
 
-    def _with_progress(self, payload: dict[str, Any], label: str, on_step: StepCallback | None) -> Any:
-        if on_step is None:
-            return self.client.post_json("/sdapi/v1/txt2img", payload)
+    def _with_progress(self, payload: dict[str, Any], label: str, on_step: StepCallback | None, limit: int) -> Any:
+        """POST txt2img while a second thread reads ``/sdapi/v1/progress``: its changes keep the request alive
+        (the read timeout counts silence, not the whole request) and feed ``on_step``."""
         done = threading.Event()
-        poller = HttpClient(self.client.base_url, timeout=10.0, retries=0)
+        poller = HttpClient(self.client.base_url, connect_timeout=min(self.client.connect_timeout, 10.0),
+                            read_timeout=min(self.client.read_timeout, 10.0), deadline=self.deadline, retries=0)
+        self._alive = None
 
         def poll() -> None:
+            seen: tuple[Any, ...] | None = None
             while not done.wait(self.poll_interval):
                 try:
                     state = poller.get_json("/sdapi/v1/progress", {"skip_current_image": "true"})
                 except RenderError:
                     continue
-                if isinstance(state, dict) and isinstance(state.get("progress"), int | float):
-                    on_step(float(state["progress"]), label)
+                sign = _progress_sign(state)
+                if sign is None or done.is_set():
+                    continue
+                if seen is not None and sign != seen:
+                    self._alive = time.monotonic()
+                seen = sign
+                if on_step is not None:
+                    on_step(float(sign[0]), label)
 
         thread = threading.Thread(target=poll, daemon=True)
         thread.start()
         try:
-            return self.client.post_json("/sdapi/v1/txt2img", payload)
+            return self.client.post_json("/sdapi/v1/txt2img", payload, limit=limit, activity=lambda: self._alive)
         finally:
             done.set()
-            thread.join(timeout=5)
-            on_step(1.0, label)
+            thread.join(timeout=1)
+            if on_step is not None:
+                on_step(1.0, label)
 
     def close(self) -> None:
         """Nothing to release (stateless HTTP)."""
 
 
+def _progress_sign(state: Any) -> tuple[Any, ...] | None:
+    """What changes while the web UI works: progress, job number, sampling step (None: not a progress answer)."""
+    if not isinstance(state, dict):
+        return None
+    progress = state.get("progress")
+    if not isinstance(progress, int | float) or isinstance(progress, bool):
+        return None
+    inner = state.get("state") if isinstance(state.get("state"), dict) else {}
+    keys = ("job", "job_no", "job_count", "job_timestamp", "sampling_step", "sampling_steps")
+    return (min(max(float(progress), 0.0), 1.0), *(str(inner.get(k)) for k in keys))
+
+
+def _model_names(entry: Answer) -> set[str]:
+    names = {entry.text_at("title")}
+    names.update(v for v in (entry.optional_text("model_name"), entry.optional_text("filename")) if v)
+    return names
+
+
 def _name(spec: LoraSpec) -> str:
     return spec.name or (Path(spec.path).stem if spec.path else "")
-
-
-def _decode_image(data: str) -> Image.Image:
-    try:
-        raw = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data)
-        with Image.open(io.BytesIO(raw)) as image:
-            return image.convert("RGB")
-    except (ValueError, OSError) as error:
-        raise RenderError(f"the web UI sent an image lbw cannot decode: {error}") from None

@@ -2,7 +2,9 @@
 
 A backend validates what it needs before rendering (``prepare``: model and LoRAs present, extension
 installed), says what determines each image (``identity``, ``job_identity``: these become the cache key), and
-renders jobs, yielding each image as soon as it is done so the runner can store it (resumable runs).
+renders jobs, yielding each image as soon as it is done so the runner can store it (resumable runs). A cell the
+server reports as failed is yielded as a :class:`CellFailure` instead of an image: the runner reports it and does
+not cache it, so the next run tries it again.
 
 Example:
     >>> backend.prepare(plan)
@@ -13,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +28,13 @@ Hasher = Callable[[Path], str]
 
 # Called with (fraction 0..1 of the current job, a short status text).
 StepCallback = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    """What a backend yields instead of an image for a cell that failed (``reason``: one line, for the user)."""
+
+    reason: str
 
 
 class Backend(Protocol):
@@ -46,7 +56,7 @@ class Backend(Protocol):
 
     def render(
         self, plan: Plan, jobs: Sequence[Job], on_step: StepCallback | None = None
-    ) -> Iterator[tuple[Job, Image.Image]]:
+    ) -> Iterator[tuple[Job, Image.Image | CellFailure]]:
         """Render ``jobs`` (any order, grouped as the backend likes); yield each (job, image) when done."""
 
     def close(self) -> None:

@@ -6,6 +6,11 @@ KSampler -> VAE decode -> SaveImage) queued with ``POST /prompt``; completion is
 converted to Inspire's convention for the blocks the LoRA file really has (``lbw.domain.inspire``), so the
 LoRA must also be available locally (``--lora PATH --lora-name NAME_ON_SERVER``).
 
+ComfyUI caches node outputs by their inputs; the block vector is an input of the loader node, so a cell never
+reuses another cell's weights. Plain HTTP shows no progress, so the read timeout (``--timeout``) bounds each cell
+from queueing to its image. A cell ComfyUI reports as failed is yielded as a ``CellFailure`` (not cached). Every
+answer's shape is checked (``Answer``); the image's size is checked before it is decoded.
+
 Example:
     >>> backend = ComfyUIBackend(url="http://127.0.0.1:8188")
     >>> run_plan(plan, backend, "out")
@@ -13,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import time
 import urllib.parse
 import uuid
@@ -27,8 +31,19 @@ from lbw.domain.inspire import lbw_to_inspire
 from lbw.domain.layouts import LAYOUTS, layout_for_length
 from lbw.domain.weights import BlockWeights
 from lbw.errors import RenderError
-from lbw.render.backends.base import Hasher, StepCallback
-from lbw.render.backends.http import HttpClient, HttpError
+from lbw.render.backends.answers import Answer
+from lbw.render.backends.base import CellFailure, Hasher, StepCallback
+from lbw.render.backends.http import (
+    CONNECT_TIMEOUT,
+    MAX_BYTES,
+    READ_TIMEOUT,
+    Deadline,
+    HttpClient,
+    HttpError,
+    node_errors_text,
+    one_line,
+)
+from lbw.render.backends.images import open_image
 from lbw.render.plan import Job, Plan
 from lbw.render.samplers import comfy_sampler, resolve_sampler
 from lbw.render.weighting import lora_states
@@ -135,13 +150,18 @@ class ComfyUIBackend:
         self,
         *,
         url: str = "http://127.0.0.1:8188",
-        timeout: float = 600.0,
+        timeout: float = READ_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        deadline: float | None = None,
+        max_bytes: int = MAX_BYTES,
         retries: int = 4,
         backoff: float = 1.0,
         poll_interval: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client = HttpClient(url, timeout=timeout, retries=retries, backoff=backoff)
+        self.deadline = Deadline(deadline, clock)
+        self.client = HttpClient(url, connect_timeout=connect_timeout, read_timeout=timeout, deadline=self.deadline,
+                                 max_bytes=max_bytes, retries=retries, backoff=backoff, clock=clock)
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.clock = clock
@@ -150,17 +170,17 @@ class ComfyUIBackend:
 
     def prepare(self, plan: Plan) -> None:
         """Check the Inspire pack, the LoRA names and the checkpoint; read each LoRA's present blocks."""
+        self.deadline.restart()
         comfy_sampler(resolve_sampler(plan.settings.sampler, plan.settings.scheduler))
         info = self._object_info(LOADER)
-        if not info:
+        if info is None:
             raise RenderError(
                 "ComfyUI has no 'LoraLoaderBlockWeight //Inspire' node: "
                 "install ltdrdata/ComfyUI-Inspire-Pack",
                 where=self.client.base_url,
             )
-        names = _choices(info[LOADER], "lora_name")
-        checkpoint_info = self._object_info("CheckpointLoaderSimple")
-        checkpoints = _choices(checkpoint_info.get("CheckpointLoaderSimple", {}), "ckpt_name")
+        names = _choices(info, LOADER, "lora_name")
+        checkpoints = _choices(self._object_info("CheckpointLoaderSimple"), "CheckpointLoaderSimple", "ckpt_name")
         if not plan.loras:
             raise RenderError("the plan has no LoRA (use --lora PATH --lora-name NAME)")
         self._present = []
@@ -192,14 +212,16 @@ class ComfyUIBackend:
                     where=self.client.base_url,
                 )
 
-    def _object_info(self, node: str) -> dict[str, Any]:
+    def _object_info(self, node: str) -> Answer | None:
+        """``/object_info/NODE`` (None: the node is unknown: 404 or an empty mapping)."""
+        path = f"/object_info/{urllib.parse.quote(node, safe='')}"
         try:
-            info = self.client.get_json(f"/object_info/{urllib.parse.quote(node, safe='')}")
+            info = Answer(f"GET {path}", self.client.get_json(path), where=self.client.base_url)
         except HttpError as error:
             if error.status == 404:
-                return {}
+                return None
             raise
-        return info if isinstance(info, dict) else {}
+        return info if info.mapping() else None
 
     def _checkpoints(self, plan: Plan) -> list[str]:
         if plan.axis is not None and plan.axis.kind == "checkpoint":
@@ -241,67 +263,99 @@ class ComfyUIBackend:
 
     def render(
         self, plan: Plan, jobs: Sequence[Job], on_step: StepCallback | None = None
-    ) -> Iterator[tuple[Job, Image.Image]]:
+    ) -> Iterator[tuple[Job, Image.Image | CellFailure]]:
         """Queue one graph per job and wait for it via ``/history``."""
+        size = (plan.settings.width, plan.settings.height)
         for job in jobs:
-            answer = self.client.post_json(
-                "/prompt", {"prompt": self._graph(plan, job), "client_id": self.client_id}
-            )
-            errors = answer.get("node_errors") if isinstance(answer, dict) else None
-            if errors:
-                raise RenderError(f"ComfyUI rejected the graph: {errors}", where=self.client.base_url)
-            prompt_id = str(answer["prompt_id"])
+            body = {"prompt": self._graph(plan, job), "client_id": self.client_id}
+            answer = Answer("POST /prompt", self.client.post_json("/prompt", body), where=self.client.base_url)
+            errors = answer.optional("node_errors")
+            if errors is not None and errors.mapping():
+                raise RenderError(f"ComfyUI rejected the graph: {node_errors_text(errors.mapping())}",
+                                  where=self.client.base_url)
+            prompt_id = answer.text_at("prompt_id")
             outputs = self._wait(prompt_id, job.cell.label, on_step)
-            yield job, self._fetch(outputs, job.cell.label)
+            if isinstance(outputs, CellFailure):
+                yield job, outputs
+                continue
+            yield job, self._fetch(outputs, job.cell.label, size)
 
-    def _wait(self, prompt_id: str, label: str, on_step: StepCallback | None) -> dict[str, Any]:
-        deadline = self.clock() + self.timeout
-        while self.clock() < deadline:
-            history = self.client.get_json(f"/history/{prompt_id}")
-            entry = history.get(prompt_id) if isinstance(history, dict) else None
-            if entry:
-                status = entry.get("status") or {}
-                if status.get("status_str") == "error":
-                    messages = [m for m in status.get("messages", []) if m and m[0] == "execution_error"]
-                    detail = messages[0][1].get("exception_message", "") if messages else "unknown error"
-                    raise RenderError(
-                        f"ComfyUI failed on cell {label!r}: {detail}", where=self.client.base_url
-                    )
-                if status.get("completed", True):
+    def _wait(self, prompt_id: str, label: str, on_step: StepCallback | None) -> Answer | CellFailure:
+        """Poll ``/history/{prompt_id}`` until the prompt is done: its outputs, or why it failed."""
+        path = f"/history/{urllib.parse.quote(prompt_id, safe='')}"
+        queued = self.clock()
+        while True:
+            history = Answer(f"GET {path}", self.client.get_json(path), where=self.client.base_url)
+            entry = history.optional(prompt_id)
+            if entry is not None:
+                status = entry.optional("status")
+                state = status.optional_text("status_str") if status is not None else None
+                if state == "error":
+                    return CellFailure(f"ComfyUI: {_execution_error(status)}")
+                completed = status.optional("completed") if status is not None else None
+                if completed is None or completed.flag():
                     if on_step is not None:
                         on_step(1.0, label)
-                    return dict(entry.get("outputs") or {})
-            time.sleep(self.poll_interval)
-        raise RenderError(
-            f"ComfyUI did not finish cell {label!r} within {self.timeout:g} s", where=self.client.base_url
-        )
+                    return entry.field("outputs", "the prompt's outputs")
+            waited = self.clock() - queued
+            if waited >= self.timeout:
+                raise RenderError(f"GET {path}: cell {label!r} not finished within {self.timeout:g} s (--timeout)",
+                                  where=self.client.base_url)
+            pause = min(self.poll_interval, self.timeout - waited)
+            if self.deadline.left() <= pause:
+                raise self.deadline.error(f"GET {path}")
+            time.sleep(pause)
 
-    def _fetch(self, outputs: dict[str, Any], label: str) -> Image.Image:
-        images = (outputs.get(SAVE_NODE) or {}).get("images") or []
+    def _fetch(self, outputs: Answer, label: str, size: tuple[int, int]) -> Image.Image:
+        save = outputs.optional(SAVE_NODE)
+        images = save.field("images", "a list of saved images").items() if save is not None else []
         if not images:
-            raise RenderError(f"ComfyUI returned no image for cell {label!r}", where=self.client.base_url)
+            raise outputs.fail(f"holds no image of node {SAVE_NODE} for cell {label!r}")
         first = images[0]
-        raw = self.client.get_bytes(
-            "/view",
-            {
-                "filename": first["filename"],
-                "subfolder": first.get("subfolder", ""),
-                "type": first.get("type", "output"),
-            },
-        )
-        try:
-            with Image.open(io.BytesIO(raw)) as image:
-                return image.convert("RGB")
-        except OSError as error:
-            raise RenderError(f"ComfyUI sent an image lbw cannot decode: {error}") from None
+        params = {
+            "filename": first.text_at("filename"),
+            "subfolder": first.optional_text("subfolder") or "",
+            "type": first.optional_text("type") or "output",
+        }
+        raw = self.client.get_bytes("/view", params, limit=self.client.max_bytes + size[0] * size[1] * 5)
+        return open_image(raw, label, size, "ComfyUI")
 
     def close(self) -> None:
         """Nothing to release (stateless HTTP)."""
 
 
-def _choices(info: dict[str, Any], field: str) -> list[str]:
-    """The combo values of an input in an ``/object_info`` entry (empty when not listed)."""
-    spec = ((info.get("input") or {}).get("required") or {}).get(field)
-    if isinstance(spec, list) and spec and isinstance(spec[0], list):
-        return [str(v) for v in spec[0]]
+def _choices(info: Answer | None, node: str, field: str) -> list[str]:
+    """The combo values of ``node``'s input ``field`` in an ``/object_info`` answer (empty when not listed).
+
+    ComfyUI lists them as ``{NODE: {"input": {"required": {FIELD: [[choice, ...], {...}]}}}}``.
+    """
+    if info is None:
+        return []
+    entry = info.optional(node)
+    inputs = entry.optional("input") if entry is not None else None
+    required = inputs.optional("required") if inputs is not None else None
+    spec = required.optional(field) if required is not None else None
+    if spec is None:
+        return []
+    items = spec.items()
+    if items and isinstance(items[0].value, list):
+        return [choice.text() for choice in items[0].items()]
+    if len(items) > 1 and items[0].value == "COMBO":  # the newer form: ["COMBO", {"options": [...]}]
+        options = items[1].optional("options")
+        return [choice.text() for choice in options.items()] if options is not None else []
     return []
+
+
+def _execution_error(status: Answer) -> str:
+    """The exception ComfyUI reports in a failed prompt's status messages, on one line."""
+    messages = status.optional("messages")
+    for message in messages.items() if messages is not None else []:
+        parts = message.items()
+        if len(parts) >= 2 and isinstance(parts[0].value, str) and parts[0].value == "execution_error":
+            data = parts[1]
+            kind = data.optional_text("exception_type") or ""
+            text = data.optional_text("exception_message") or "no message"
+            node = data.optional_text("node_type")
+            where = f" in {node}" if node else ""
+            return one_line(f"{kind.rsplit('.', 1)[-1]}{where}: {text}" if kind else f"{text}{where}")
+    return "the prompt failed (no execution_error message)"
