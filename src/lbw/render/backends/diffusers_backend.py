@@ -109,7 +109,7 @@ def load_pipeline(
             pipe = pipeline_class.from_pretrained(str(path), local_files_only=True, dtype=dtype, **extra)
         else:
             pipe = pipeline_class.from_single_file(
-                str(path), config=str(config), local_files_only=True, dtype=dtype, **extra
+                str(path), config=str(config), local_files_only=True, dtype=dtype, low_cpu_mem_usage=False, **extra
             )
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
