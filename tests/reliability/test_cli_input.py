@@ -95,6 +95,10 @@ def test_path_with_bytes_that_are_not_utf8_prints_escaped(evil_lora: Path, asset
                                  "-o", str(tmp_path / "out"), *TINY], env=env)
     assert (code, out) == (2, b"")
     assert err == b"lbw: error: LoRA 'ab\\udcfe' has no local file; the diffusers backend reads files\n"
+    code, out, err = lbw_result(["verify", str(evil_lora), "--against", os.fsencode(tmp_path / "x\udcfe")], env=env)
+    assert (code, out) == (2, b"")  # a source path may hold such bytes: the error is about the file
+    missing = f"{tmp_path}/x\\udcfe"
+    assert err == f"lbw: error: {missing}: no such LoRA file (also tried {missing}.safetensors)\n".encode()
     assert not (tmp_path / "out").exists()
 
 

@@ -30,7 +30,7 @@ from lbw.errors import LbwError
 # A positional argument that starts like a negative number: -1, -0.5, -.5 (a vector such as "-1,0,...").
 NEGATIVE_START = re.compile(r"-(?:\d|\.\d)")
 # Options whose value may be a file name, so non-UTF-8 bytes (lone surrogates) are accepted there.
-PATH_LIKE = frozenset({"lora", "model", "inputs"})
+PATH_LIKE = frozenset({"lora", "model", "inputs", "against"})
 
 
 def shown(value: object, *, keep: str = "") -> str:
