@@ -83,7 +83,8 @@ def test_ctrl_c_leaves_a_consistent_cache_and_the_run_resumes(assets, tmp_path, 
     process.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the run
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert "lbw: stopped after" in err and f"kept in {out / 'cache'}: run the same command again to resume" in err
+    assert err.count("\n") == 1 and err.startswith("lbw: interrupted: stopped after "), err  # one line, no bars
+    assert err.endswith(f"kept in {out / 'cache'}: run the same command again to resume\n")
     cached = list((out / "cache").glob("*.png"))
     assert 2 <= len(cached) < 7 and not list((out / "cache").glob(".*.tmp"))  # no half-written files
     for path in cached:

@@ -50,8 +50,7 @@ def test_problems_reported_with_line_numbers() -> None:
     doc = read_presets(PRESET_FILE, where="p.txt")
     assert [p.format("p.txt") for p in doc.problems()] == [
         "p.txt:3: error: no ':' (expected NAME:v1,v2,...); LBW ignores it",
-        "p.txt:5: error: found 3 values; a weight vector has 12, 17, 20, 26 or 61 values (at position 9); "
-        "LBW ignores it",
+        "p.txt:5: error: found 3 values; a weight vector has 12, 17, 20, 26 or 61 values; LBW ignores it",
         "p.txt:6: warning: 'Face' replaces the preset of line 2",
         "p.txt:7: warning: contains '#': LBW ignores the whole line, not only the comment",
     ]
@@ -169,3 +168,80 @@ def test_hint_table_converts_per_layout() -> None:
     assert hint_table(rows, XL20).rows == ()
     with pytest.raises(PresetError, match="unknown hint row 'Nope'"):
         select_hints(hint_rows(), ["Nope"])
+
+
+# Lines as the web UI extension loads them (scripts/lora_block_weight.py: splitlines(); a line is skipped if it
+# contains '#', has no ':' or its whole-line comma count is not 11/16/19/25/60; the name is
+# line.split(":", 1)[0].strip(); values are converted only when a prompt uses the preset).
+ONES12 = ",".join(["1"] * 12)
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "name"),
+    [
+        (f"n=1:{ONES12}", "preset", "n=1"),  # loaded (lbw= in a prompt is another matter: a warning)
+        (f" Spaced :{ONES12}", "preset", "Spaced"),
+        (f"\tTab\t:{ONES12}", "preset", "Tab"),
+        (f"x>y:{ONES12}", "preset", "x>y"),
+        (f":{ONES12}", "preset", ""),
+        (f"a,b,c,d:{ONES17}", "preset", "a,b,c,d"),  # 3 + 16 = 19 commas: counted as a 20-value line, 17 values
+        (f"a,b:{','.join(['1'] * 16)}", "broken", "a,b"),  # 16 commas on the line, 16 values
+        (f"a,b:{ONES17}", "invalid", None),  # 17 commas: not a count LBW accepts
+        (f"Q:1,1,q,{','.join(['1'] * 9)}", "broken", "Q"),
+        (f"N:1,1,nan,{','.join(['1'] * 9)}", "broken", "N"),
+        (f"E:1,,1,{','.join(['1'] * 9)}", "broken", "E"),
+        (f"C:{ONES12}:x", "broken", "C"),  # the value is everything after the first ':'
+        (f"K:{ONES12}#", "comment", None),
+        (f"no colon {ONES12}", "invalid", None),
+        (f"W:{ONES12},", "invalid", None),
+        ("   ", "blank", None),
+    ],
+)
+def test_each_line_is_classified_as_lbw_loads_it(line: str, kind: str, name: str | None) -> None:
+    (parsed,) = read_presets(line + "\n").lines
+    assert (parsed.kind, parsed.name) == (kind, name)
+    doc = read_presets(line + "\n")
+    if kind == "preset":
+        assert doc.get(name).vector_text() == line.split(":", 1)[1].replace(" ", "")  # type: ignore[arg-type]
+        assert doc.names() == (name,)
+    else:
+        assert doc.names() == ()
+
+
+def test_a_later_line_lbw_cannot_use_still_replaces_the_name() -> None:
+    doc = read_presets(f"Face:{ONES12}\nOther:{ONES12}\nFace:1,q,{','.join(['1'] * 10)}\n", where="p.txt")
+    assert doc.names() == ("Other",)
+    with pytest.raises(PresetError, match=r"preset 'Face' \(line 3 of p.txt\) cannot be used: value 2 'q'"):
+        doc.get("Face")
+    assert [p.severity for p in doc.problems()] == ["error", "warning"]
+
+
+def test_tag_list_order_is_the_first_appearance() -> None:
+    doc = read_presets(f"A:{ONES12}\nB:{ONES12}\nA:{','.join(['0'] * 12)}\n")
+    assert doc.names() == ("A", "B")  # a dict assignment keeps A's place
+    assert doc.get("A").vector_text() == ",".join(["0"] * 12)
+
+
+def test_line_breaks_as_splitlines_and_written_back_byte_for_byte() -> None:
+    text = f"\ufeffA:{ONES12}\r\nB:{ONES12}\x0cC:{ONES12}\u2028# note\rD:{ONES12}"
+    doc = read_presets(text)
+    assert [ln.name for ln in doc.lines] == ["A", "B", "C", None, "D"]
+    assert doc.text() == text
+    added = doc.with_preset(parse_weights(f"E:{ONES12}"))
+    assert added.text() == text + f"\nE:{ONES12}\n"
+    replaced = doc.with_preset(parse_weights(f"B:{','.join(['0'] * 12)}"), replace_existing=True)
+    assert replaced.text() == text.replace(f"B:{ONES12}", f"B:{','.join(['0'] * 12)}")
+    assert [p.message[:45] for p in doc.problems()] == ["the file starts with a byte order mark: LBW r"]
+
+
+def test_names_lbw_loads_but_prompts_cannot_use_are_warnings() -> None:
+    doc = read_presets(f"n=1:{ONES12}\n Sp :{ONES12}\nx>y:{ONES12}\n:{ONES12}\n")
+    assert doc.names() == ("n=1", "Sp", "x>y", "")
+    messages = [(p.line, p.severity, p.message.split(":")[0]) for p in doc.problems()]
+    assert messages == [
+        (1, "warning", "the name 'n=1' contains '='"),
+        (2, "warning", "spaces around the name ' Sp '"),
+        (3, "warning", "the name 'x>y' contains '>'"),
+        (4, "warning", "empty name"),
+    ]
+    assert doc.get("n=1").name is None  # lbw itself would not write such a name (parse_weights refuses it)

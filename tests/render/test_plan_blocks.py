@@ -72,7 +72,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(RenderError, match='not an lbw plan'):
         load_plan(bad)
     bad.write_text('{"lbw_plan": 1, "kind": "sub", "layout": "SD17"}')
-    with pytest.raises(RenderError, match="malformed plan field: 'cells'"):
+    with pytest.raises(RenderError, match="missing plan field 'cells'"):
         load_plan(bad)
     with pytest.raises(RenderError, match="plan file not found"):
         load_plan(tmp_path / "missing.json")

@@ -21,6 +21,7 @@ from typing import Literal, TypeAlias
 
 from lbw.domain.layouts import Layout, canonical_block_id, layout_for_length
 from lbw.domain.numbers import format_number, is_number_text, parse_number, round_weight
+from lbw.domain.text import is_printable, printable
 from lbw.errors import WeightsError
 
 # Characters that break a preset line, a Prompt S/R list or a prompt tag when they appear in a name.
@@ -103,6 +104,8 @@ def validate_name(name: str, *, what: str = "name") -> str:
     if bad:
         shown = " ".join(repr(c) for c in bad)
         raise WeightsError(f"{what} {stripped!r} contains {shown}; these break preset lines and prompt tags")
+    if not is_printable(stripped):  # control characters, line breaks LBW splits on, bidi overrides, bad bytes
+        raise WeightsError(f"{what} '{printable(stripped)}' contains control characters")
     return stripped
 
 

@@ -11,6 +11,9 @@ Example:
 from __future__ import annotations
 
 import io
+import struct
+import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -138,10 +141,24 @@ def save_png(image: Image.Image, path: str | Path, text: Mapping[str, str] | Non
 
 
 def read_png_text(path: str | Path) -> dict[str, str]:
-    """The text chunks of a PNG (e.g. the ``lbw_plan`` of a grid)."""
+    """The text chunks of a PNG that come before its image data (where ``save_png`` puts them), e.g. a grid's
+    ``lbw_plan``. No pixel is decoded.
+
+    Hostile files are refused with a RenderError naming the file: a size beyond Pillow's decompression-bomb
+    limit (``Image.MAX_IMAGE_PIXELS``, errors above twice that; a grid that large is re-run from its
+    ``plan.json``), a compressed text chunk over ``PngImagePlugin.MAX_TEXT_CHUNK`` (1 MiB) once decompressed, text
+    over ``PngImagePlugin.MAX_TEXT_MEMORY`` (64 MiB) in all, a file that is not a PNG or is cut short.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
-            return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
-    except (OSError, SyntaxError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only pixels past twice are refused
+            with Image.open(path, formats=["PNG"]) as image:
+                return {str(k): str(v) for k, v in image.info.items() if isinstance(v, str)}
+    except Image.DecompressionBombError as error:
+        raise RenderError(
+            f"refused: {error} (a grid that large is re-run from the plan.json saved next to it)", where=str(path)
+        ) from None
+    except ValueError as error:  # MAX_TEXT_CHUNK / MAX_TEXT_MEMORY
+        raise RenderError(f"refused: a text chunk is too large ({error})", where=str(path)) from None
+    except (OSError, SyntaxError, EOFError, struct.error, zlib.error) as error:
         raise RenderError(f"cannot read PNG: {error}", where=str(path)) from None

@@ -3,6 +3,11 @@
 A plan is plain data. It is saved as JSON next to its outputs (``plan.json``) and can be loaded and re-run;
 the content cache makes a re-run render only the jobs whose inputs changed.
 
+A plan read from a file (or from a grid PNG someone sent) is checked before anything runs: at most
+``MAX_PLAN_BYTES`` of JSON, nested at most ``MAX_JSON_DEPTH`` deep, every field of the expected type, numbers
+finite and in range (seeds ``0..2**32-1``, steps ``1..MAX_STEPS``, width/height ``8..MAX_SIDE``...); anything else
+is a one-line RenderError naming the file and the field.
+
 Example:
     >>> cells = (Cell("ALL", (1.0,) * 17), Cell("NONE", (0.0,) * 17))
     >>> settings = Settings(prompt="1girl", seeds=(1, 2))
@@ -14,11 +19,14 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from lbw.domain.layouts import LAYOUTS, Layout
+from lbw.domain.text import json_text
 from lbw.errors import RenderError
 from lbw.files.atomic import write_text_atomic
 from lbw.render.samplers import resolve_sampler
@@ -26,6 +34,17 @@ from lbw.render.samplers import resolve_sampler
 PLAN_FORMAT = 1
 PLAN_KINDS = ("sub", "add", "subadd", "addsub", "eba", "presets", "custom")
 AXIS_KINDS = ("strength", "checkpoint")
+
+# Limits for plans read from files (a real plan is a few KB and a few levels deep).
+MAX_PLAN_BYTES = 4 * 1024 * 1024
+MAX_JSON_DEPTH = 16
+MAX_NUMBER_DIGITS = 32
+MAX_SEED = 2**32 - 1  # what every backend accepts (A1111 and LBW draw seeds below 2**32)
+MAX_STEPS = 1000
+MAX_SIDE = 8192
+MAX_CFG = 100.0
+MAX_CLIP_SKIP = 24
+MAX_THRESHOLD = 255  # 8-bit differences: above 255 nothing can count
 
 
 @dataclass(frozen=True)
@@ -170,16 +189,43 @@ def validate_plan(plan: Plan) -> None:
     settings = plan.settings
     if not settings.seeds:
         raise RenderError("a plan needs at least one seed")
-    if settings.steps < 1 or settings.width < 8 or settings.height < 8:
-        raise RenderError("steps must be >= 1 and width/height >= 8")
+    for seed in settings.seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise RenderError(f"seed {_short(seed)} is not an integer from 0 to {MAX_SEED}")
+    for name, value, low, high in (
+        ("steps", settings.steps, 1, MAX_STEPS),
+        ("width", settings.width, 8, MAX_SIDE),
+        ("height", settings.height, 8, MAX_SIDE),
+        ("clip skip", settings.clip_skip, 1, MAX_CLIP_SKIP),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RenderError(f"{name} must be an integer, got {_short(value)}")
+        if name == "clip skip" and value < 1:
+            raise RenderError(f"clip skip counts from 1 (the last layer), got {value}")
+        if name in ("width", "height") and value < 8:
+            raise RenderError("steps must be >= 1 and width/height >= 8")
+        if not low <= value <= high:
+            raise RenderError(f"{name} must be from {low} to {high}, got {_short(value)}")
     if settings.width % 8 or settings.height % 8:
         raise RenderError(f"width and height must be multiples of 8, got {settings.width}x{settings.height}")
-    if settings.clip_skip < 1:
-        raise RenderError(f"clip skip counts from 1 (the last layer), got {settings.clip_skip}")
+    _check_number("cfg", settings.cfg, 0.0, MAX_CFG)
+    for position, cell in enumerate(plan.cells):
+        for value in cell.values:
+            _check_number(f"cell {cell.label!r} value", value, position=position)
+    for lora in plan.loras:
+        _check_number(f"LoRA {lora.name!r} strength", lora.strength)
+        if lora.te_strength is not None:
+            _check_number(f"LoRA {lora.name!r} text-encoder strength", lora.te_strength)
+        for value in lora.weights or ():
+            _check_number(f"LoRA {lora.name!r} weight", value)
     resolve_sampler(settings.sampler, settings.scheduler)
     if plan.eba is not None:
         if plan.eba.threshold < 0:
             raise RenderError(f"the analyzer threshold must be >= 0, got {plan.eba.threshold}")
+        if plan.eba.threshold > MAX_THRESHOLD:
+            raise RenderError(f"the analyzer threshold must be <= {MAX_THRESHOLD}, got {_short(plan.eba.threshold)}")
+        for name in ("probe", "base", "important", "unneeded"):
+            _check_number(f"analyzer {name}", getattr(plan.eba, name))
         if plan.eba.diff_color not in ("black", "white"):
             raise RenderError(f"diff colour must be black or white, got {plan.eba.diff_color!r}")
     if plan.axis is not None:
@@ -187,6 +233,9 @@ def validate_plan(plan: Plan) -> None:
             raise RenderError(f"unknown axis {plan.axis.kind!r}; expected one of {', '.join(AXIS_KINDS)}")
         if not plan.axis.values:
             raise RenderError(f"the {plan.axis.kind} axis has no values")
+        if plan.axis.kind == "strength":
+            for value in plan.axis.values:
+                _check_number("strength axis value", value)
     if sum(1 for lora in plan.loras if lora.tuned) > 1:
         raise RenderError("only one LoRA of a plan can be tuned (the one the cells' weights apply to)")
 
@@ -201,39 +250,39 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
 
 
 def plan_to_json(plan: Plan) -> str:
-    """Pretty JSON text of the plan (stable key order)."""
-    return json.dumps(plan_to_dict(plan), indent=2, ensure_ascii=False) + "\n"
+    """Pretty JSON text of the plan (stable key order); characters a terminal acts on are ``\\u`` escapes, so
+    the text is always valid UTF-8 (a path with bytes that are not UTF-8 reads back unchanged)."""
+    return json_text(plan_to_dict(plan), indent=2, allow_nan=False) + "\n"
 
 
 def plan_from_dict(data: dict[str, Any], *, where: str | None = None) -> Plan:
-    """Rebuild a plan from ``plan_to_dict`` output; raises RenderError naming the bad field."""
+    """Rebuild a plan from ``plan_to_dict`` output; raises RenderError naming the bad field.
+
+    Every field is type-checked (``settings.seeds[0]: expected an integer, found "1"``); unknown fields are
+    refused; the plan is then validated (ranges, layout sizes, sampler).
+    """
     if not isinstance(data, dict) or data.get("lbw_plan") != PLAN_FORMAT:
         raise RenderError(f'not an lbw plan (expected "lbw_plan": {PLAN_FORMAT})', where=where)
     try:
-        settings = dict(data.get("settings") or {})
-        settings["seeds"] = tuple(int(s) for s in settings.get("seeds", (1,)))
-        loras = tuple(
-            LoraSpec(**{**lora, "weights": None if lora.get("weights") is None else _floats(lora["weights"])})
-            for lora in data.get("loras", ())
-        )
-        cells = tuple(Cell(str(c["label"]), _floats(c["values"]), c.get("block")) for c in data["cells"])
-        axis = data.get("axis")
-        eba = data.get("eba")
+        _known(data, {"lbw_plan", *(f.name for f in fields(Plan))}, "")
+        settings = _read_settings(_get(data, "settings", dict, "settings", {}))
+        loras = tuple(_read_lora(item, f"loras[{i}]") for i, item in enumerate(_get(data, "loras", list, "loras", [])))
+        cells = tuple(_read_cell(item, f"cells[{i}]") for i, item in enumerate(_get(data, "cells", list, "cells")))
+        axis = _get(data, "axis", dict, "axis", None)
+        eba = _get(data, "eba", dict, "eba", None)
         return Plan(
-            kind=str(data["kind"]),
-            layout=str(data["layout"]),
+            kind=_get(data, "kind", str, "kind"),
+            layout=_get(data, "layout", str, "layout"),
             cells=cells,
-            settings=Settings(**settings),
+            settings=settings,
             loras=loras,
-            model=data.get("model"),
-            axis=Axis(str(axis["kind"]), tuple(axis["values"])) if axis else None,
-            eba=EbaSpec(**{**eba, "blocks": tuple(eba.get("blocks", ()))}) if eba else None,
-            name=str(data.get("name", "plot")),
+            model=_get(data, "model", str, "model", None),
+            axis=_read_axis(axis) if axis is not None else None,
+            eba=_read_eba(eba) if eba is not None else None,
+            name=_get(data, "name", str, "name", "plot"),
         )
     except RenderError as error:
         raise RenderError(error.message, where=where, position=error.position) from None
-    except (KeyError, TypeError, ValueError) as error:
-        raise RenderError(f"malformed plan field: {error}", where=where) from None
 
 
 def save_plan(plan: Plan, path: str | Path) -> Path:
@@ -244,25 +293,198 @@ def save_plan(plan: Plan, path: str | Path) -> Path:
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read a plan JSON file written by ``save_plan``."""
+    """Read a plan JSON file written by ``save_plan`` (at most ``MAX_PLAN_BYTES``; a device or a huge file is
+    refused without reading it all)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_PLAN_BYTES + 1)
     except FileNotFoundError:
         raise RenderError("plan file not found", where=str(path)) from None
+    except IsADirectoryError:
+        raise RenderError("is a folder, expected a plan file", where=str(path)) from None
+    except OSError as error:
+        raise RenderError(f"cannot read: {error.strerror}", where=str(path)) from None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise RenderError(f"larger than {MAX_PLAN_BYTES // 2**20} MiB; not an lbw plan", where=str(path))
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RenderError("not a UTF-8 JSON plan file", where=str(path)) from None
     return plan_from_json(text, where=str(path))
 
 
 def plan_from_json(text: str, *, where: str | None = None) -> Plan:
-    """Rebuild a plan from ``plan_to_json`` text; RenderError (naming ``where``) on bad JSON or fields."""
+    """Rebuild a plan from ``plan_to_json`` text; RenderError (naming ``where``) on bad JSON or fields.
+
+    Refused before any field is read: text over ``MAX_PLAN_BYTES``, nesting deeper than ``MAX_JSON_DEPTH``,
+    ``NaN``/``Infinity``, numbers with more than ``MAX_NUMBER_DIGITS`` digits or out of float range.
+    """
+    if len(text) > MAX_PLAN_BYTES:
+        raise RenderError(f"the plan is larger than {MAX_PLAN_BYTES // 2**20} MiB; not an lbw plan", where=where)
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant, parse_int=_json_int, parse_float=_json_float)
     except json.JSONDecodeError as error:
         raise RenderError(f"invalid plan JSON: {error}", where=where) from None
+    except RecursionError:
+        raise RenderError(f"invalid plan JSON: nested deeper than {MAX_JSON_DEPTH} levels", where=where) from None
+    except RenderError as error:
+        raise RenderError(f"invalid plan JSON: {error.message}", where=where) from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise RenderError(f"invalid plan JSON: nested deeper than {MAX_JSON_DEPTH} levels", where=where)
     return plan_from_dict(data, where=where)
 
 
-def _floats(values: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in values)
+# ------------------------------------------------------------------------------------- strict reading
+
+
+def _no_constant(name: str) -> Any:
+    raise RenderError(f"{name} is not a JSON number")
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise RenderError(f"a number with {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    if len(text) > 2 * MAX_NUMBER_DIGITS:
+        raise RenderError(f"a number written with {len(text)} characters")
+    value = float(text)
+    if not math.isfinite(value):
+        raise RenderError(f"{_short(text)} is out of range")
+    return value
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of parsed JSON (iterative: a hostile file cannot exhaust the stack here)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((value, depth + 1) for value in item.values())
+        elif isinstance(item, list):
+            stack.extend((value, depth + 1) for value in item)
+    return deepest
+
+
+_MISSING = object()
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+               dict: "an object"}
+
+
+def _short(value: Any) -> str:
+    """A bounded, printable rendering of a value for an error message."""
+    try:
+        text = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else type(value).__name__
+    except ValueError:  # an integer too long to print
+        text = type(value).__name__
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _get(data: dict[str, Any], key: str, kind: type, path: str, default: Any = _MISSING) -> Any:
+    """``data[key]`` checked to be ``kind`` (None allowed when the default is None)."""
+    if key not in data:
+        if default is _MISSING:
+            raise RenderError(f"missing plan field {path!r}")
+        return default
+    return _typed(data[key], kind, path, nullable=default is None)
+
+
+def _typed(value: Any, kind: type, path: str, *, nullable: bool = False) -> Any:
+    if value is None and nullable:
+        return None
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise RenderError(f"plan field {path}: expected {_TYPE_NAMES[kind]}, found {_short(value)}")
+    return float(value) if kind is float else value
+
+
+def _known(data: dict[str, Any], allowed: set[str], path: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise RenderError(f"unknown plan field {_short(unknown[0])}{where}")
+
+
+def _items(values: Any, kind: type, path: str) -> tuple[Any, ...]:
+    return tuple(_typed(v, kind, f"{path}[{i}]") for i, v in enumerate(_typed(values, list, path)))
+
+
+def _read_settings(data: dict[str, Any]) -> Settings:
+    _known(data, {f.name for f in fields(Settings)}, "settings")
+    readers: dict[str, Callable[[Any, str], Any]] = {
+        "prompt": lambda v, p: _typed(v, str, p),
+        "negative_prompt": lambda v, p: _typed(v, str, p),
+        "steps": lambda v, p: _typed(v, int, p),
+        "cfg": lambda v, p: _typed(v, float, p),
+        "sampler": lambda v, p: _typed(v, str, p),
+        "scheduler": lambda v, p: _typed(v, str, p, nullable=True),
+        "width": lambda v, p: _typed(v, int, p),
+        "height": lambda v, p: _typed(v, int, p),
+        "clip_skip": lambda v, p: _typed(v, int, p),
+        "seeds": lambda v, p: _items(v, int, p),
+    }
+    return Settings(**{key: readers[key](value, f"settings.{key}") for key, value in data.items()})
+
+
+def _read_lora(data: Any, path: str) -> LoraSpec:
+    data = _typed(data, dict, path)
+    _known(data, {f.name for f in fields(LoraSpec)}, path)
+    weights = _get(data, "weights", list, f"{path}.weights", None)
+    return LoraSpec(
+        path=_get(data, "path", str, f"{path}.path", None),
+        name=_get(data, "name", str, f"{path}.name", ""),
+        strength=_get(data, "strength", float, f"{path}.strength", 1.0),
+        te_strength=_get(data, "te_strength", float, f"{path}.te_strength", None),
+        tuned=_get(data, "tuned", bool, f"{path}.tuned", True),
+        weights=None if weights is None else _items(weights, float, f"{path}.weights"),
+    )
+
+
+def _read_cell(data: Any, path: str) -> Cell:
+    data = _typed(data, dict, path)
+    _known(data, {f.name for f in fields(Cell)}, path)
+    return Cell(
+        _get(data, "label", str, f"{path}.label"),
+        _items(_get(data, "values", list, f"{path}.values"), float, f"{path}.values"),
+        _get(data, "block", str, f"{path}.block", None),
+    )
+
+
+def _read_axis(data: dict[str, Any]) -> Axis:
+    _known(data, {"kind", "values"}, "axis")
+    kind = _get(data, "kind", str, "axis.kind")
+    values = _items(_get(data, "values", list, "axis.values"), float if kind == "strength" else str, "axis.values")
+    return Axis(kind, values)
+
+
+def _read_eba(data: dict[str, Any]) -> EbaSpec:
+    _known(data, {f.name for f in fields(EbaSpec)}, "eba")
+    kinds: dict[str, type] = {"probe": float, "base": float, "threshold": int, "diff_color": str, "transpose": bool,
+                              "important": float, "unneeded": float}
+    values: dict[str, Any] = {key: _get(data, key, kind, f"eba.{key}") for key, kind in kinds.items() if key in data}
+    if "roi" in data:
+        values["roi"] = _get(data, "roi", str, "eba.roi", None)
+    if "blocks" in data:
+        values["blocks"] = _items(data["blocks"], str, "eba.blocks")
+    return EbaSpec(**values)
+
+
+def _check_number(what: str, value: Any, low: float | None = None, high: float | None = None,
+                  *, position: int | None = None) -> None:
+    """``value`` must be a finite real number (in ``low..high`` when given)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RenderError(f"{what} must be a finite number, got {_short(value)}", position=position)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise RenderError(f"{what} must be from {low:g} to {high:g}, got {_short(value)}", position=position)

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+
+from lbw.domain.text import json_text
+from lbw.interfaces.cli.safe import markup, shown
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -70,14 +72,14 @@ def bake_command(
         plan = resolve_for_file(loaded.weights, lora.modules, lora.architecture,
                                 te=strength if te is None else te, unet=strength if unet is None else unet,
                                 where=str(source))
-        console.print(f"{source.name}: {lora.architecture}, {len(lora.modules)} modules; "
-                      f"weights from {loaded.source}")
+        console.print(f"{shown(source.name)}: {lora.architecture}, {len(lora.modules)} modules; "
+                      f"weights from {shown(loaded.source)}")
         show_plan(console, plan)
-        with progress_bar(f"baking {source.name}") as tick:
+        with progress_bar(f"baking {markup(source.name)}") as tick:
             report = bake_file(lora, plan, output, options=options, progress=tick)
     removed = f", {len(report.removed)} removed at weight 0" if report.removed else ""
     dense = f", {len(report.dora_dense)} DoRA modules stored as full diffs" if report.dora_dense else ""
-    console.print(f"wrote {report.written.path} ({_size(report.written.size)}): "
+    console.print(f"wrote {shown(report.written.path)} ({_size(report.written.size)}): "
                   f"{report.modules_out} of {report.modules_in} modules{removed}{dense}")
     console.print(f"sshs_model_hash {report.written.model_hash}  sshs_legacy_hash {report.written.legacy_hash}")
 
@@ -104,8 +106,8 @@ def merge_command(
     sources = [open_source(spec, Defaults(presets_file=presets)) for spec in specs]
     console = _console()
     for source in sources:
-        console.print(f"{source.spec.path.name}: {source.lora.architecture}, {len(source.lora.modules)} modules, "
-                      f"strength {_num(source.plan.unet)}, weights from {source.weights_source}")
+        console.print(f"{shown(source.spec.path.name)}: {source.lora.architecture}, {len(source.lora.modules)} "
+                      f"modules, strength {_num(source.plan.unet)}, weights from {shown(source.weights_source)}")
         show_plan(console, source.plan)
     options = MergeOptions(rank=rank, conv_rank=conv_rank, model=model, dtype=dtype, force=force)
     try:
@@ -142,13 +144,13 @@ def verify_command(
                         weights=weights, presets_file=presets, x=x, seed=seed)
     sources = [open_source(spec, defaults) for spec in split_specs(against, lora_dir=lora_dir)]
     try:
-        with progress_bar(f"verifying {file.name}", enabled=not as_json) as tick:
+        with progress_bar(f"verifying {markup(file.name)}", enabled=not as_json) as tick:
             report = verify(file, sources, tolerance=tolerance, model=model, progress=tick)
     finally:
         for source in sources:
             source.lora.close()
     if as_json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json_text(report.to_json(), indent=2))
     else:
         show_verify(_console(), report)
     if not report.passed:
@@ -162,22 +164,22 @@ def show_plan(console: Console, plan: FactorPlan) -> None:
 
     from lbw.services.resolve import format_factor_table
 
-    console.print(f"resolved factors of {plan.weights.layout.name} {plan.applied_text()} "
+    console.print(f"resolved factors of {plan.weights.layout.name} {shown(plan.applied_text())} "
                   f"(te {_num(plan.te)}, unet {_num(plan.unet)}):", soft_wrap=True)
     table = Table()
     for column, justify in (("block", "left"), ("ratio", "right"), ("× multiplier", "right"),
                             ("= factor", "right"), ("modules", "right"), ("note", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in format_factor_table(plan):
-        table.add_row(*row)
+        table.add_row(*(shown(cell) for cell in row))
     console.print(table)
     for note in plan.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {shown(note)}")
 
 
 def show_merge(console: Console, report: MergeReport, rank: int | None) -> None:
     """What the merge wrote, and the compression error per block when --rank was given."""
-    console.print(f"wrote {report.written.path} ({_size(report.written.size)}): {report.modules_out} modules "
+    console.print(f"wrote {shown(report.written.path)} ({_size(report.written.size)}): {report.modules_out} modules "
                   f"({report.joined} joined, {report.carried} carried over, {report.summed} summed)")
     if rank is not None:
         from rich.table import Table
@@ -197,17 +199,17 @@ def show_verify(console: Console, report: VerifyReport) -> None:
     """Per-block largest relative error, the failing modules, and the verdict."""
     from rich.table import Table
 
-    table = Table(title=f"{report.path.name}: largest relative error per block (tolerance {report.tolerance:g})",
+    table = Table(title=f"{shown(report.path.name)}: largest relative error per block (tolerance {report.tolerance:g})",
                   title_justify="left")
     for column in ("block", "modules", "max error", "worst module"):
         table.add_column(column, justify="right" if column in ("modules", "max error") else "left")
     for block in report.blocks:
         mark = "" if block.max_error <= report.tolerance else "  ✗"
-        table.add_row(block.block, str(block.modules), f"{block.max_error:.3e}{mark}", block.worst)
+        table.add_row(block.block, str(block.modules), f"{block.max_error:.3e}{mark}", shown(block.worst))
     console.print(table)
     failures = [m for m in report.modules if m.error > report.tolerance]
     for check in failures[:10]:
-        console.print(f"  {check.status}: {check.name} ({check.block}) error {check.error:.3e}")
+        console.print(f"  {check.status}: {shown(check.name)} ({check.block}) error {check.error:.3e}")
     if len(failures) > 10:
         console.print(f"  ... and {len(failures) - 10} more")
     verdict = "PASS" if report.passed else "FAIL"
@@ -236,7 +238,8 @@ def progress_bar(label: str, *, enabled: bool = True) -> Iterator[Any]:
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 120, highlight=False, soft_wrap=True)
+    # markup=False: names from files are printed as they are (escaped by shown()), never read as rich markup
+    return Console(width=None if sys.stdout.isatty() else 120, highlight=False, soft_wrap=True, markup=False)
 
 
 def _size(size: int) -> str:

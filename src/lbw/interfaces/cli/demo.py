@@ -90,6 +90,7 @@ def run_render_demo(out: Path, device: str, threads: int = 1) -> None:
     from rich.console import Console
 
     from lbw.interfaces.cli.render import RenderProgress, print_eba, print_plot
+    from lbw.interfaces.cli.safe import markup, shown
     from lbw.render.backends.diffusers_backend import resolve_device
     from lbw.services.demo import run_demo
 
@@ -102,16 +103,16 @@ def run_render_demo(out: Path, device: str, threads: int = 1) -> None:
             out,
             device=resolve_device(device),
             on_cell=progress.on_cell,
-            on_stage=lambda text: progress.print(f"[bold]lbw demo[/]: {text}"),
+            on_stage=lambda text: progress.print(f"[bold]lbw demo[/]: {markup(text)}"),
         )
     baked, check = result.baked, result.verification
-    print(f"model: {result.model}  (tiny SD1.5 layout, random weights)")
-    print(f"LoRA:  {result.lora}")
+    print(f"model: {shown(result.model)}  (tiny SD1.5 layout, random weights)")
+    print(f"LoRA:  {shown(result.lora)}")
     print_eba(result.eba)
     print("Sub grid of the suggested sheet:")
     print_plot(result.sub)
     verdict = "verified" if check.passed else "VERIFICATION FAILED"
-    print(f"baked: {baked.written.path} ({verdict}: max relative error {check.max_error:.3g}, "
+    print(f"baked: {shown(baked.written.path)} ({verdict}: max relative error {check.max_error:.3g}, "
           f"tolerance {check.tolerance:g}; {baked.modules_out} of {baked.modules_in} modules kept)")
     err.print(f"lbw demo: done in {time.perf_counter() - started:.1f} s")
     if not check.passed:

@@ -10,13 +10,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
+
+from lbw.domain.text import json_text
+from lbw.interfaces.cli.safe import markup
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,25 +47,25 @@ def inspect_command(
 
     reports = []
     for path in (file, other) if other is not None else (file,):
-        with _progress(f"measuring {path.name}", enabled=not as_json or sys.stderr.isatty()) as tick:
+        with _progress(f"measuring {markup(path.name)}", enabled=not as_json or sys.stderr.isatty()) as tick:
             reports.append(inspect_file(path, device=device, norms=norms, hashes=hashes, progress=tick))
     console = _console()
     if other is None:
         if as_json:
-            print(json.dumps(reports[0].to_json(), indent=2, ensure_ascii=False))
+            print(json_text(reports[0].to_json(), indent=2))
         else:
             show_report(console, reports[0], full_values=metadata_values)
         return
     comparison = compare_reports(reports[0], reports[1])
     if as_json:
-        print(json.dumps(comparison.to_json(), indent=2, ensure_ascii=False))
+        print(json_text(comparison.to_json(), indent=2))
     else:
         show_comparison(console, comparison)
 
 
 def show_report(console: Console, report: InspectReport, *, full_values: bool = False) -> None:
     """Print the summary, the per-block table with bars, the metadata groups and the hash check."""
-    console.print(f"[bold]{escape(str(report.path))}[/bold]")
+    console.print(f"[bold]{markup(str(report.path))}[/bold]")
     dtypes = ", ".join(f"{name} x{count}" for name, count in report.dtypes.items())
     summary = (
         ("architecture", f"{report.architecture}  ({_architecture_evidence(report)})"),
@@ -78,14 +79,14 @@ def show_report(console: Console, report: InspectReport, *, full_values: bool = 
         ("file size", f"{report.file_size:,} bytes ({report.file_size / 1e6:.1f} MB)"),
     )
     for label, value in summary:
-        console.print(f"[cyan]{label:<15}[/cyan]{escape(value)}", soft_wrap=True)
+        console.print(f"[cyan]{label:<15}[/cyan]{markup(value)}", soft_wrap=True)
     console.print(_block_table(report))
     for note in report.notes:
-        console.print(f"[dim]note: {escape(note)}[/dim]", soft_wrap=True)
+        console.print(f"[dim]note: {markup(note)}[/dim]", soft_wrap=True)
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/yellow] {markup(warning)}", soft_wrap=True)
     if report.unmapped_modules:
-        console.print(f"unmapped modules (LBW keeps them at strength 1): {escape(', '.join(report.unmapped_modules))}",
+        console.print(f"unmapped modules (LBW keeps them at strength 1): {markup(', '.join(report.unmapped_modules))}",
                       soft_wrap=True)
     _show_metadata(console, report, full_values)
     _show_hashes(console, report.hashes)
@@ -98,7 +99,7 @@ def show_comparison(console: Console, comparison: CompareReport) -> None:
 
     a, b = comparison.a, comparison.b
     for label, report in (("A", a), ("B", b)):
-        console.print(f"[bold]{label}[/bold] {escape(str(report.path))}  ({report.architecture}, "
+        console.print(f"[bold]{label}[/bold] {markup(str(report.path))}  ({report.architecture}, "
                       f"{report.layout.name}, {report.module_count} modules)", soft_wrap=True)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for header in ("block", "modules A", "modules B", "ΣΔW A", "ΣΔW B", "B/A"):
@@ -114,7 +115,7 @@ def show_comparison(console: Console, comparison: CompareReport) -> None:
     console.print(f"total ΣΔW: A {a.total_norm:.4g}, B {b.total_norm:.4g}")
     own = [f"{label}: {warning}" for label, report in (("A", a), ("B", b)) for warning in report.warnings]
     for warning in [*comparison.warnings, *own]:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/yellow] {markup(warning)}", soft_wrap=True)
 
 
 def _block_table(report: InspectReport) -> Any:
@@ -169,7 +170,7 @@ def _show_metadata(console: Console, report: InspectReport, full_values: bool) -
                 shown = " ".join(value.split())  # one line per key: multi-line JSON is folded
                 if len(shown) > VALUE_WIDTH:
                     shown = f"{shown[:VALUE_WIDTH]}… ({len(value):,} characters)"
-            console.print(f"  [cyan]{escape(key)}[/cyan] = {escape(shown)}", soft_wrap=True)
+            console.print(f"  [cyan]{markup(key)}[/cyan] = {markup(shown)}", soft_wrap=True)
 
 
 def _show_hashes(console: Console, hashes: dict[str, Any]) -> None:
@@ -185,7 +186,8 @@ def _show_hashes(console: Console, hashes: dict[str, Any]) -> None:
             verdict = "[green]matches the file[/green]"
         else:
             verdict = "[red bold]MISMATCH: the stored hash is stale[/red bold]"
-        console.print(f"{label}: stored {escape(stored or '-')}, computed {computed}  {verdict}", soft_wrap=True)
+        console.print(f"{label}: stored {markup(stored or '-')}, computed {markup(computed)}  {verdict}",
+                      soft_wrap=True)
 
 
 def _numbers(values: set[int] | set[float]) -> str:

@@ -12,13 +12,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
+from lbw.domain.text import json_text
 from lbw.errors import LbwError
+from lbw.interfaces.cli.safe import shown
 
 if TYPE_CHECKING:
     from lbw.services.meta import MetaEditResult, MetaView
@@ -89,7 +90,7 @@ def meta_command(
     if changes.is_empty() and not wants_sidecar and out is None and not rehash:
         view = show_meta(file)
         if as_json:
-            typer.echo(json.dumps(view.to_json(), indent=2, ensure_ascii=False))
+            typer.echo(json_text(view.to_json(), indent=2))
         else:
             show_view(view, full=full)
         return
@@ -98,7 +99,7 @@ def meta_command(
     result = edit_meta(file, changes, out=out, backup=not no_backup, force=force, rehash=rehash,
                        sidecar=side if wants_sidecar else None, hardlinks=hardlinks)  # type: ignore[arg-type]
     if as_json:
-        typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        typer.echo(json_text(result.to_json(), indent=2))
     else:
         show_result(file, result, full=full)
 
@@ -107,7 +108,7 @@ def show_view(view: MetaView, *, full: bool = False) -> None:
     """Print hashes, the metadata groups and the sidecar."""
     from lbw.files.metadata import IMAGE_KEYS, describe_image_value, group_metadata
 
-    typer.echo(str(view.path))
+    typer.echo(shown(view.path))
     typer.echo("hashes")
     for label, stored, computed in (("sshs_model_hash", "stored", "computed"),
                                     ("sshs_legacy_hash", "legacy_stored", "legacy_computed")):
@@ -118,20 +119,20 @@ def show_view(view: MetaView, *, full: bool = False) -> None:
             verdict = "ok"
         else:
             verdict = "MISMATCH (stale; `lbw meta FILE --rehash` rewrites it)"
-        typer.echo(f"  {label:<22}{stored_value or '-':<66}computed {computed_value}  {verdict}")
+        typer.echo(f"  {label:<22}{shown(stored_value or '-'):<66}computed {shown(computed_value)}  {verdict}")
     groups = group_metadata(view.metadata)
     for group, title in _GROUP_TITLES.items():
         if not groups[group]:
             continue
         typer.echo(title)
-        width = max(len(key) for key in groups[group]) + 2
+        width = max(len(shown(key)) for key in groups[group]) + 2
         for key, value in groups[group].items():
-            shown = f"<{describe_image_value(key, value)}>" if key in IMAGE_KEYS else _cut(value, full)
-            typer.echo(f"  {key:<{width}}{shown}")
+            text = f"<{describe_image_value(key, value)}>" if key in IMAGE_KEYS else _cut(value, full)
+            typer.echo(f"  {shown(key):<{width}}{shown(text)}")
     if view.sidecar is None:
-        typer.echo(f"sidecar {view.sidecar_path.name}: none")
+        typer.echo(f"sidecar {shown(view.sidecar_path.name)}: none")
     else:
-        typer.echo(f"sidecar {view.sidecar_path.name}: {json.dumps(view.sidecar, ensure_ascii=False)}")
+        typer.echo(f"sidecar {shown(view.sidecar_path.name)}: {json_text(view.sidecar)}")
 
 
 def show_result(file: Path, result: MetaEditResult, *, full: bool = False) -> None:
@@ -139,11 +140,11 @@ def show_result(file: Path, result: MetaEditResult, *, full: bool = False) -> No
     from lbw.files.metadata import IMAGE_KEYS, describe_image_value
 
     if result.path is None:
-        typer.echo(f"{file}: no metadata change; file not rewritten")
+        typer.echo(f"{shown(file)}: no metadata change; file not rewritten")
     else:
-        kept = f" (backup: {result.backup})" if result.backup else ""
-        through = f" (through the link {result.link})" if result.link else ""
-        typer.echo(f"wrote {result.path}{through}{kept}")
+        kept = f" (backup: {shown(result.backup)})" if result.backup else ""
+        through = f" (through the link {shown(result.link)})" if result.link else ""
+        typer.echo(f"wrote {shown(result.path)}{through}{kept}")
 
     def show(key: str, value: str | None) -> str:
         if value is None:
@@ -151,13 +152,13 @@ def show_result(file: Path, result: MetaEditResult, *, full: bool = False) -> No
         return f"<{describe_image_value(key, value)}>" if key in IMAGE_KEYS else repr(_cut(value, full))
 
     for key, (old, new) in result.changes.items():
-        typer.echo(f"  {key}: {show(key, old)} -> {show(key, new)}")
+        typer.echo(f"  {shown(key)}: {shown(show(key, old))} -> {shown(show(key, new))}")
     if result.path is not None:
         stored = result.hashes["sshs_model_hash"]
         state = "changed" if "sshs_model_hash" in result.changes else "unchanged"
-        typer.echo(f"  sshs_model_hash {stored} ({state}; equals the hash of the written file)")
+        typer.echo(f"  sshs_model_hash {shown(stored)} ({state}; equals the hash of the written file)")
     if result.sidecar is not None:
-        typer.echo(f"wrote sidecar {result.sidecar}: {json.dumps(result.sidecar_content, ensure_ascii=False)}")
+        typer.echo(f"wrote sidecar {shown(result.sidecar)}: {json_text(result.sidecar_content)}")
 
 
 def _pairs(items: list[str]) -> dict[str, str]:

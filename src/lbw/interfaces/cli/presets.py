@@ -16,12 +16,20 @@ from lbw.domain.presets import DEFAULT_PRESETS_TEXT, PresetDocument, default_pre
 from lbw.domain.weights import parse_weights
 from lbw.errors import LbwError, OutputError, PresetError
 from lbw.files.atomic import write_text_atomic
+from lbw.interfaces.cli.safe import VectorCommand, markup, shown
+
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # a presets or sheet file is a few KB; refuse a stray huge file or a device
 
 
 def read_text_file(path: Path, error: type[LbwError]) -> str:
-    """Read a UTF-8 text file, turning OS and decoding problems into ``error`` naming the file."""
+    """Read a UTF-8 text file (line breaks as they are), turning OS and decoding problems and a file over 16 MiB
+    into ``error`` naming the file."""
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8", newline="") as handle:
+            text = handle.read(MAX_TEXT_BYTES + 1)
+        if len(text) > MAX_TEXT_BYTES:
+            raise error(f"larger than {MAX_TEXT_BYTES // 2**20} MiB; not a presets or sheet file", where=str(path))
+        return text
     except FileNotFoundError:
         raise error("file not found", where=str(path)) from None
     except IsADirectoryError:
@@ -67,15 +75,15 @@ def list_command(
     from rich.table import Table
 
     doc = load_presets(file)
-    table = Table(title=str(doc.where))
+    table = Table(title=markup(doc.where))
     for column in ("name", "layout", "line"):
         table.add_column(column, justify="right" if column == "line" else "left")
-    lines = {ln.weights.name: ln.line for ln in doc.lines if ln.weights is not None}
+    lines = doc.table()
     for name, weights in doc.presets().items():
-        table.add_row(name, weights.layout.name, str(lines[name]))
+        table.add_row(markup(name), weights.layout.name, str(lines[name].line))
     Console(highlight=False).print(table)
     if doc.problems():
-        typer.echo(f"lbw: note: {_summary(doc)}; run `lbw presets check` for details", err=True)
+        typer.echo(f"lbw: note: {shown(_summary(doc))}; run `lbw presets check` for details", err=True)
 
 
 def show_command(
@@ -85,7 +93,7 @@ def show_command(
     """Print the named presets as NAME:v1,... lines (an unknown name is an error)."""
     doc = load_presets(file)
     for name in names:
-        print(doc.get(name).format())
+        print(shown(f"{name}:{doc.get(name).vector_text()}"))
 
 
 def add_command(
@@ -99,7 +107,7 @@ def add_command(
     updated = doc.with_preset(preset, replace_existing=replace)
     write_text_file(file, updated.text())
     verb = "replaced" if preset.name in doc.names() else "added"
-    print(f"{verb} {preset.name} ({preset.layout.name}) in {file}")
+    print(shown(f"{verb} {preset.name} ({preset.layout.name}) in {file}"))
 
 
 def check_command(
@@ -109,8 +117,8 @@ def check_command(
     doc = load_presets(file)
     problems = doc.problems()
     for problem in problems:
-        print(problem.format(str(file)))
-    print(_summary(doc))
+        print(shown(problem.format(str(file))))
+    print(shown(_summary(doc)))
     if any(p.severity == "error" for p in problems):
         raise typer.Exit(1)
 
@@ -128,7 +136,7 @@ def init_command(
     if file.exists() and not force:
         raise OutputError("exists; pass --force to overwrite", where=str(file))
     write_text_file(file, DEFAULT_PRESETS_TEXT)
-    print(f"wrote {len(default_presets().names())} default presets to {file}")
+    print(shown(f"wrote {len(default_presets().names())} default presets to {file}"))
 
 
 def register(app: typer.Typer) -> None:
@@ -138,7 +146,7 @@ def register(app: typer.Typer) -> None:
     )
     group.command("list")(list_command)
     group.command("show")(show_command)
-    group.command("add")(add_command)
+    group.command("add", cls=VectorCommand)(add_command)
     group.command("check")(check_command)
     group.command("defaults")(defaults_command)
     group.command("init")(init_command)

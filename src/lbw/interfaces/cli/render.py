@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from lbw.errors import RenderError
+from lbw.interfaces.cli.safe import Interrupted, markup, shown
 
 if TYPE_CHECKING:
     from lbw.render.plan import Plan, Settings
@@ -117,7 +117,7 @@ def _backend(options: dict[str, Any]) -> Any:
 
 
 def _render(plan: Plan, options: dict[str, Any], out: Path) -> Any:
-    """Render ``plan`` with progress bars; on Ctrl-C say what is cached and how to resume."""
+    """Render ``plan`` with progress bars; on Ctrl-C say (in the one ``interrupted`` line) what is kept."""
     from lbw.services.plot import plot
 
     engine = _backend(options)
@@ -127,19 +127,20 @@ def _render(plan: Plan, options: dict[str, Any], out: Path) -> Any:
         with progress:
             return plot(plan, engine, out, cache_dir=cache, on_cell=progress.on_cell, on_step=progress.on_step)
     except KeyboardInterrupt:
-        print(
-            f"lbw: stopped after {progress.done} of {progress.total or '?'} cells; finished cells are kept in "
-            f"{cache}: run the same command again to resume",
-            file=sys.stderr,
-        )
-        raise
+        if not progress.total:  # before the first cell: nothing of this run to keep
+            raise
+        raise Interrupted(
+            f"stopped after {progress.done} of {progress.total} cells; finished cells are kept in "
+            f"{cache}: run the same command again to resume"
+        ) from None
 
 
 class RenderProgress:
     """Rich progress bars on stderr: one for cells, one for the steps of the current cell.
 
-    The bars appear with the first rendered or cached cell, so a run refused before rendering (a missing
-    model, an unreachable server) prints only its one-line error.
+    The bars are drawn only when stderr is a terminal (a log file or a pipe gets no bar drawings), and appear with
+    the first rendered or cached cell, so a run refused before rendering (a missing model, an unreachable server)
+    prints only its one-line error.
     """
 
     def __init__(self, total_label: str) -> None:
@@ -156,6 +157,7 @@ class RenderProgress:
         )
         self.cells = self.progress.add_task(total_label, total=None)
         self.steps = self.progress.add_task("steps", total=100, visible=False)
+        self.enabled = self.progress.console.is_terminal
         self.started = False
         self.done = 0
         self.total = 0
@@ -168,7 +170,7 @@ class RenderProgress:
             self.progress.stop()
 
     def _start(self) -> None:
-        if not self.started:
+        if self.enabled and not self.started:
             self.started = True
             self.progress.start()
 
@@ -177,22 +179,25 @@ class RenderProgress:
         self._start()
         state = "cached" if cached else "rendered"
         self.done, self.total = done, total
-        self.progress.update(self.cells, completed=done, total=total, description=f"cells ({label} {state})")
+        self.progress.update(
+            self.cells, completed=done, total=total, description=f"cells ({markup(label)} {state})"
+        )
 
     def on_step(self, fraction: float, label: str) -> None:
         """Backend callback: ``fraction`` of the current cell (or request) done."""
         self._start()
-        self.progress.update(self.steps, completed=round(fraction * 100), visible=True, description=label)
+        self.progress.update(self.steps, completed=round(fraction * 100), visible=True, description=markup(label))
 
     def print(self, text: str) -> None:
-        """A line of text above the bars (or on stderr before they appear)."""
+        """A line of rich markup above the bars (or on stderr before they appear); outside data must be escaped
+        with ``markup()`` by the caller."""
         self.progress.console.print(text, soft_wrap=True, highlight=False)
 
 
 def print_plot(result: Any) -> None:
-    print(f"grid: {result.grids[0]}" if result.grids else "grid: (none)")
-    print(f"cells: {result.out_dir / 'cells'} ({result.rendered} rendered, {result.reused} from the cache)")
-    print(f"plan: {result.plan_path}")
+    print(f"grid: {shown(result.grids[0])}" if result.grids else "grid: (none)")
+    print(f"cells: {shown(result.out_dir / 'cells')} ({result.rendered} rendered, {result.reused} from the cache)")
+    print(f"plan: {shown(result.plan_path)}")
 
 
 def print_eba(report: Any) -> None:
@@ -208,20 +213,20 @@ def print_eba(report: Any) -> None:
         table.add_column("share in region %", justify="right")
     table.add_column("suggested")
     for position, change in enumerate(report.ranked, 1):
-        row = [str(position), change.block, f"{change.diff_percent:.3f}"]
+        row = [str(position), markup(change.block), f"{change.diff_percent:.3f}"]
         if report.roi is not None:
             row += [f"{change.roi_diff_percent:.3f}", f"{change.roi_share_percent:.1f}"]
-        row.append(report.classes[change.block])
+        row.append(markup(report.classes[change.block]))
         table.add_row(*row)
     console = Console(soft_wrap=True)
     console.print(table)
     score = "region Diff %" if report.roi is not None else "Diff %"
-    print(f"classification ({score}): {report.thresholds.describe()}")
+    print(f"classification ({score}): {shown(report.thresholds.describe())}")
     for seed in report.seeds:
-        print(f"grid: {seed.grid}")
-    print(f"suggested weights: {report.sheet.weight_line()}")
-    print(f"suggested sheet: {report.sheet_path}  (important = 1 fixed, unneeded = 0 fixed, unclear = 0.5)")
-    print(f"analysis: {report.report_path}")
+        print(f"grid: {shown(seed.grid)}")
+    print(f"suggested weights: {shown(report.sheet.weight_line())}")
+    print(f"suggested sheet: {shown(report.sheet_path)}  (important = 1 fixed, unneeded = 0 fixed, unclear = 0.5)")
+    print(f"analysis: {shown(report.report_path)}")
 
 
 # Options both commands take: (name, type, typer option). ``_shared_options`` adds them to a command.

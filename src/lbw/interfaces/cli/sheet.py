@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +24,11 @@ from lbw.domain.prompt import LEGACY_WARNING
 from lbw.domain.sdscripts import BlockDims, parse_block_dims
 from lbw.domain.sheet import LIST_KINDS, OUTPUT_KEYS, Sheet, SheetOutputs, sheet_outputs
 from lbw.domain.sheet_file import sheet_from_toml, sheet_to_toml
+from lbw.domain.text import json_text
 from lbw.domain.weights import BlockWeights, parse_weights
 from lbw.errors import OutputError, SheetError
 from lbw.interfaces.cli.presets import load_presets, read_text_file, write_text_file
+from lbw.interfaces.cli.safe import markup, shown
 from lbw.interfaces.cli.weights import AlphasOption, ConvAlphasOption, ConvDimsOption, DimsOption, layout_option
 
 if TYPE_CHECKING:
@@ -86,9 +87,9 @@ def print_outputs(
     if only is not None:
         if only not in OUTPUT_KEYS:
             raise SheetError(f"unknown output {only!r}; expected one of {', '.join(OUTPUT_KEYS)}")
-        print(outputs.as_dict()[only])
+        print(shown(outputs.as_dict()[only], keep="\n"))
     elif as_json:
-        print(json.dumps(outputs.as_dict(), ensure_ascii=False))
+        print(json_text(outputs.as_dict()))
     else:
         print_sheet_report(sheet, outputs)
 
@@ -104,15 +105,15 @@ def print_sheet_report(sheet: Sheet, outputs: SheetOutputs) -> None:
         high = "inf" if sheet.upper is None else format_number(sheet.upper)
         bounds = f", bounds {low}..{high}"
     console.print(
-        f"[bold]Sheet {sheet.name}[/] ({sheet.layout.name}, step {format_number(sheet.step)}{bounds})"
+        f"[bold]Sheet {markup(sheet.name)}[/] ({sheet.layout.name}, step {format_number(sheet.step)}{bounds})"
     )
     _print_block_table(console, sheet)
-    console.print(f"[bold {'green' if sheet.is_done else 'yellow'}]{sheet.status()}[/]")
+    console.print(f"[bold {'green' if sheet.is_done else 'yellow'}]{markup(sheet.status())}[/]")
 
     def section(title: str, text: str, hint: str = "") -> None:
         console.print()
         console.print(f"[bold cyan]{title}[/]" + (f" [dim]{hint}[/]" if hint else ""))
-        print(text)
+        print(shown(text, keep="\n"))
 
     section("WEIGHT", outputs.weight, "(add to LBW's presets for the final bake)")
     for kind in LIST_KINDS:
@@ -129,19 +130,19 @@ def print_sheet_report(sheet: Sheet, outputs: SheetOutputs) -> None:
     section("Effective Block Analyzer Blocks", outputs.eba_blocks or "(empty: every block is fixed)")
     section("sd-scripts block arguments", outputs.sd_scripts.text(), "(--network_args)")
     for line in outputs.sd_scripts.notes:
-        console.print(f"  [dim]note: {line}[/]")
+        console.print(f"  [dim]note: {markup(line)}[/]")
     section("Prompt tag", outputs.prompt_tag, "(for the Sub and SubAdd lists)")
     console.print("[dim]for the Add and AddSub lists:[/]")
-    print(outputs.add_prompt_tag)
+    print(shown(outputs.add_prompt_tag))
     console.print(
         "  [dim]note: the base tags Sub and Add must not occur elsewhere in the prompt: "
         "Prompt S/R replaces every occurrence[/]"
     )
     for skipped in outputs.skipped:
-        console.print(f"  [yellow]left out:[/] {skipped.describe()}")
+        console.print(f"  [yellow]left out:[/] {markup(skipped.describe())}")
     for variant in outputs.out_of_range:
         console.print(
-            f"  [yellow]outside 0..1:[/] {variant.name} (LBW accepts it; set --lower/--upper to bound)"
+            f"  [yellow]outside 0..1:[/] {markup(variant.name)} (LBW accepts it; set --lower/--upper to bound)"
         )
 
 
@@ -239,8 +240,8 @@ def new_command(
     if lora is not None:
         sheet = replace(sheet, lora=lora)
     save_sheet(file, sheet)
-    print(f"created {file}: {sheet.status()}")
-    print(sheet.weight_line())
+    print(shown(f"created {file}: {sheet.status()}"))
+    print(shown(sheet.weight_line()))
 
 
 def set_command(
@@ -323,8 +324,8 @@ def show_command(
 
 
 def _print_state(file: Path, sheet: Sheet) -> None:
-    print(f"saved {file}: {sheet.status()}")
-    print(sheet.weight_line())
+    print(shown(f"saved {file}: {sheet.status()}"))
+    print(shown(sheet.weight_line()))
 
 
 def hints_command(
@@ -357,8 +358,8 @@ def _list_hints(rows: Sequence[HintRow]) -> None:
     for row in rows:
         if row.source != source:
             source = row.source
-            console.print(f"[bold cyan]{source}[/]")
-        print(row.weights.format())
+            console.print(f"[bold cyan]{markup(source)}[/]")
+        print(shown(row.weights.format()))
     console.print("[dim]show rows beside a sheet: lbw hints --show Face_c,ALL --sheet FILE[/]")
 
 
@@ -370,9 +371,9 @@ def _print_side_by_side(current: BlockWeights | None, chosen: Sequence[HintRow],
     table = Table(title=f"hints on {layout.name}")
     table.add_column("block")
     if current is not None:
-        table.add_column(current.name or "current", justify="right", style="bold")
+        table.add_column(markup(current.name or "current"), justify="right", style="bold")
     for row in table_data.rows:
-        table.add_column(row.name, justify="right")
+        table.add_column(markup(row.name), justify="right")
     for index, block_id in enumerate(layout.ids):
         cells = [row.cells[index] for row in table_data.rows]
         if current is not None:
@@ -382,9 +383,9 @@ def _print_side_by_side(current: BlockWeights | None, chosen: Sequence[HintRow],
     console.print(table)
     for row in table_data.rows:
         if row.note:
-            console.print(f"  [dim]{row.name}: {row.note}[/]")
+            console.print(f"  [dim]{markup(row.name)}: {markup(row.note)}[/]")
     for left in table_data.left_out:
-        console.print(f"  [yellow]left out (another model family):[/] {left}")
+        console.print(f"  [yellow]left out (another model family):[/] {markup(left)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -20,13 +20,14 @@ from lbw.domain.layouts import Layout, layout_named
 from lbw.domain.sdscripts import network_args, parse_block_dims
 from lbw.domain.weights import BlockWeights, format_value, parse_weights
 from lbw.errors import WeightsError
+from lbw.interfaces.cli.safe import VectorCommand, markup, shown
 
 INSPIRE = "inspire"
 
 
 def note(message: str) -> None:
     """A side remark on stderr, so stdout stays ready to copy."""
-    typer.echo(f"lbw: note: {message}", err=True)
+    typer.echo(f"lbw: note: {shown(message)}", err=True)
 
 
 def layout_option(text: str, option: str = "--to") -> Layout:
@@ -71,7 +72,7 @@ def parse_command(
         for line in conversion.notes():
             note(line)
         weights = conversion.weights
-    print(weights.format())
+    print(shown(weights.format()))
 
 
 def show_command(
@@ -83,7 +84,7 @@ def show_command(
 
     weights = parse_weights(text)
     table = Table(
-        title=f"{weights.name or 'weights'} ({weights.layout.name})", caption=weights.layout.description
+        title=f"{markup(weights.name or 'weights')} ({weights.layout.name})", caption=weights.layout.description
     )
     table.add_column("block")
     table.add_column("weight", justify="right")
@@ -126,7 +127,7 @@ def convert_command(
         result = inspire_to_lbw(parse_inspire_vector(text), blocks, layout_option(to), name=name)
         for line in result.notes:
             note(line)
-        print(result.weights.format())
+        print(shown(result.weights.format()))
         return
     weights = parse_weights(text)
     if name is not None:
@@ -135,12 +136,12 @@ def convert_command(
         vector = lbw_to_inspire(weights, blocks)
         for line in vector.notes:
             note(line)
-        print(vector.text())
+        print(shown(vector.text()))
         return
     conversion = convert(weights, layout_option(to), fill=fill, allow_drop=allow_drop)
     for line in conversion.notes():
         note(line)
-    print(conversion.weights.format())
+    print(shown(conversion.weights.format()))
 
 
 def _present_blocks(present: str | None, lora: Path | None) -> list[tuple[str, int]]:
@@ -183,7 +184,7 @@ def sdscripts_command(
         target = weights.layout if weights is not None else None
     block_dims = parse_block_dims(dims, alphas, conv_dims, conv_alphas, layout=target)
     result = network_args(weights, block_dims)
-    print(result.text())
+    print(shown(result.text()))
     for line in result.notes:
         note(line)
 
@@ -191,8 +192,9 @@ def sdscripts_command(
 def register(app: typer.Typer) -> None:
     """Add the ``weights`` command group to ``app``."""
     group = typer.Typer(help="Parse, show and convert block weight vectors.", no_args_is_help=True)
-    group.command("parse")(parse_command)
-    group.command("show")(show_command)
-    group.command("convert")(convert_command)
-    group.command("sdscripts")(sdscripts_command)
+    # VectorCommand: the vector may start with a minus sign (`lbw weights parse -1,0,...`), no `--` needed.
+    group.command("parse", cls=VectorCommand)(parse_command)
+    group.command("show", cls=VectorCommand)(show_command)
+    group.command("convert", cls=VectorCommand)(convert_command)
+    group.command("sdscripts", cls=VectorCommand)(sdscripts_command)
     app.add_typer(group, name="weights")
