@@ -187,7 +187,7 @@ def test_a_failed_meta_edit_leaves_no_backup_and_no_temp(lora: Path, tmp_path: P
     bad_text = subprocess.run([sys.executable.encode(), b"-c", CLI.encode(), b"meta", bytes(lora), b"--name",
                                b"caf\xff"], capture_output=True, timeout=60)
     assert bad_text.returncode == 2
-    assert bad_text.stderr.decode().startswith("lbw: error: metadata holds text that is not valid Unicode")
+    assert bad_text.stderr.decode().startswith("lbw: error: --set-name 'caf\\xff': not UTF-8 text")
     full_disk = subprocess.run(
         [sys.executable, "-c", "import resource, signal, sys\n"
          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
