@@ -32,7 +32,15 @@ import torch
 from lbw.world import checkpoint, generator, model
 from lbw.world.data import is_held_out
 from lbw.world.generator import Attributes
-from lbw.world.training import Progress, _cosine_with_warmup, _log_loss, _quiet_progress, _shuffled, _to_tensor
+from lbw.world.training import (
+    Progress,
+    _cosine_with_warmup,
+    _log_loss,
+    _quiet_progress,
+    _shuffled,
+    _to_tensor,
+    trim_loss_log,
+)
 
 
 @dataclass
@@ -195,8 +203,10 @@ def _resume_lora(
 
     last = checkpoint.latest_checkpoint(folder)
     if last is None:
+        trim_loss_log(folder, 0)
         return 0, 0.0
     tensors, state = checkpoint.load_checkpoint(last)
+    trim_loss_log(folder, int(state["step"]))
     for name, module in trainable.items():
         prefix = f"{name}."
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False)

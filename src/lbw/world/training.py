@@ -92,6 +92,15 @@ def _log_loss(folder: Path, step: int, loss: float, seconds: float) -> None:
         handle.write(json.dumps({"step": step, "loss": round(loss, 6), "seconds": round(seconds, 1)}) + "\n")
 
 
+def trim_loss_log(folder: Path, step: int) -> None:
+    """Drop loss entries past ``step`` (written by a run killed after its last checkpoint)."""
+    log = folder / "loss.jsonl"
+    if not log.is_file():
+        return
+    kept = [line for line in log.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
+    log.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
 def _cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
@@ -319,8 +328,10 @@ def _resume(
     """Load the newest checkpoint under ``folder`` if any; returns (next step, seconds already spent)."""
     last = checkpoint.latest_checkpoint(folder)
     if last is None:
+        trim_loss_log(folder, 0)
         return 0, 0.0
     tensors, state = checkpoint.load_checkpoint(last)
+    trim_loss_log(folder, int(state["step"]))
     for name, module in modules.items():
         prefix = f"{name}."
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
