@@ -78,4 +78,4 @@ def test_host_rules_are_standard_library_only() -> None:
     import lbw.domain.hosts as hosts
 
     source = Path(hosts.__file__).read_text(encoding="utf-8")
-    assert "import torch" not in source and "lbw.files" not in source
+    assert "import torch" not in source and "from lbw.files" not in source and "from lbw.adapters" not in source
