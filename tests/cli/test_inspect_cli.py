@@ -171,3 +171,17 @@ def test_forge_skipping_a_whole_file_is_said(folder: Path, capsys: pytest.Captur
     assert forge.endswith("40 keys match nothing there, more than 12: web UI Forge skips the whole file, so none "
                           "of it loads")
     assert "20 modules loaded by no host" in next(line for line in lines if "loaded by no host (" in line)
+
+
+def test_unknown_architecture_says_hosts_cannot_be_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "mystery.safetensors"
+    save_file({"lora_unet_conv_out.lora_down.weight": torch.ones(1, 4), "lora_unet_conv_out.lora_up.weight":
+               torch.ones(4, 1)}, str(path))
+    assert run(["inspect", str(path), "--no-hash", "--no-norms"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "hosts: lbw cannot tell which hosts load this file (architecture unknown)" in lines
+    assert run(["inspect", str(path), "--no-hash", "--no-norms", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hosts"] == {}
