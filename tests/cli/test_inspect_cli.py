@@ -31,7 +31,8 @@ def test_table_output(sd15: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0] == str(sd15)
     assert lines[1] == ("architecture   sd1  (keys: cross-attention context width 768; metadata agrees: "
                         "ss_base_model_version, modelspec.architecture)")
-    assert "naming         kohya" in lines
+    assert "naming         names kohya 264; keys kohya" in lines
+    assert "host a1111     loads all 264 modules" in lines and "host diffusers loads all 264 modules" in lines
     assert "adapter types  lora" in lines
     assert "layout         SD17 (17 values); Inspire vector: 17 values" in lines
     assert ("Inspire blocks input.1,input.2,input.4,input.5,input.7,input.8,middle.1,output.3,output.4,output.5,"
@@ -96,7 +97,7 @@ def test_ia3_and_no_norms_show_no_strength(folder: Path, capsys: pytest.CaptureF
 @pytest.mark.parametrize(("kind", "summary"), [
     ("sd15_locon", ["adapter types  lora", "layout         SD26 (26 values); Inspire vector: 27 values"]),
     ("sdxl_locon", ["adapter types  lora", "layout         XL20 (20 values); Inspire vector: 21 values"]),
-    ("sd15_lokr", ["naming         lycoris", "adapter types  lokr",
+    ("sd15_lokr", ["naming         names kohya 282; keys lycoris", "adapter types  lokr",
                    "layout         SD26 (26 values); Inspire vector: 28 values",
                    "modules        282 (3 unmapped)"]),
     ("sd15_dora", ["adapter types  dora", "layout         SD17 (17 values); Inspire vector: 17 values"]),
@@ -133,3 +134,54 @@ def test_command_module_imports_no_torch() -> None:
             "print(sorted(n for n in ('torch', 'safetensors', 'diffusers', 'transformers') if n in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_hosts_and_families_of_a_diffusers_flux_file(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # transformer.* and text_encoder.* load in Forge and ComfyUI; text_encoder_2.* (T5) loads nowhere: its own row
+    # and list. 4 modules leave 8 keys unmatched: not more than 12, so Forge still loads the rest.
+    path = write_fixture("flux_diffusers", folder / "flux_diffusers.safetensors", rank=1,
+                         select=r"\.transformer_blocks\.0\.attn\.to_q|block\.0\.layer\.0|layers\.0\.mlp\.fc1")
+    assert run(["inspect", str(path), "--no-hash", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "naming         names diffusers 6; keys peft" in lines
+    assert "modules        6 (0 unmapped, 4 loaded by no host)" in lines
+    assert next(line for line in lines if line.startswith("not loaded ")).split()[:2] == ["not", "loaded"]
+    forge = next(line for line in lines if line.startswith("host forge"))
+    assert forge.startswith("host forge     does not load 4 of 6 modules (text_encoder_2.encoder.block.0.layer.0.")
+    assert "skips the whole file" not in forge
+    assert next(line for line in lines if line.startswith("host comfyui")).startswith(
+        "host comfyui   does not load 4 of 6 modules")
+    assert run(["inspect", str(path), "--json", "--no-hash", "--device", "cpu"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["name_families"] == {"diffusers": 6}
+    assert list(data["hosts"]) == ["forge", "comfyui"]
+    assert data["hosts"]["forge"] == {
+        "name": "web UI Forge", "loads_file": True, "modules": 6, "loaded": 2, "unmatched_keys": 8,
+        "not_loaded": [f"text_encoder_2.encoder.block.0.layer.0.SelfAttention.{p}" for p in "koqv"]}
+    assert data["not_loaded_modules"] == data["hosts"]["comfyui"]["not_loaded"]
+    assert data["not_loaded"]["modules"] == 4 and data["blocks"]["T5"]["modules"] == 0
+    assert data["blocks"]["D00"]["modules"] == 1 and data["blocks"]["CLIP"]["modules"] == 1
+
+
+def test_forge_skipping_a_whole_file_is_said(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_fixture("flux_peft", folder / "flux_peft.safetensors", rank=1, select=r"transformer_blocks\.0\.")
+    assert run(["inspect", str(path), "--no-hash", "--no-norms"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    forge = next(line for line in lines if line.startswith("host forge"))
+    assert forge.endswith("40 keys match nothing there, more than 12: web UI Forge skips the whole file, so none "
+                          "of it loads")
+    assert "20 modules loaded by no host" in next(line for line in lines if "loaded by no host (" in line)
+
+
+def test_unknown_architecture_says_hosts_cannot_be_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "mystery.safetensors"
+    save_file({"lora_unet_conv_out.lora_down.weight": torch.ones(1, 4), "lora_unet_conv_out.lora_up.weight":
+               torch.ones(4, 1)}, str(path))
+    assert run(["inspect", str(path), "--no-hash", "--no-norms"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "hosts: lbw cannot tell which hosts load this file (architecture unknown)" in lines
+    assert run(["inspect", str(path), "--no-hash", "--no-norms", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hosts"] == {}

@@ -304,11 +304,13 @@ def test_seed_dtype_rank_and_alpha_options() -> None:
 
 def test_every_kind_has_nonzero_deltas() -> None:
     for kind in FIXTURE_KINDS:
-        select = None if kind == "sd15_full" else r"layers[._]0[._]|down_blocks[._]0[._]|double_blocks_0_"
+        select = None if kind == "sd15_full" else (r"layers[._]0[._]|down_blocks[._]0[._]|double_blocks[._]0[._]"
+                                                   r"|transformer_blocks[._]0[._]|block[._]0[._]")
         tensors = fixture_tensors(kind, rank=2, dtype="fp32", select=select)
         assert tensors, kind
         for key, value in tensors.items():
-            if key.endswith(("lora_up.weight", "lora_B.weight", "hada_w1_a", "lokr_w2_a", "lokr_w2", "diff")):
+            if key.endswith(("lora_up.weight", "lora_B.weight", "hada_w1_a", "lokr_w2_a", "lokr_w2", "diff",
+                             "_lora.up.weight")):
                 assert float(value.abs().max()) > 0, key
                 assert math.isfinite(float(value.abs().max())), key
 

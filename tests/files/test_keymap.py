@@ -1,4 +1,8 @@
-"""Module name -> LBW block and Inspire bucket (lbw-semantics §2.1-2.4, lora-files §6)."""
+"""Module name -> LBW block and Inspire bucket (lbw-semantics §2.1-2.4, lora-files §6).
+
+Names of every family go through ``lbw.files.families`` (the one normaliser) to the canonical name keymap reads;
+canonical (kohya) names also go to keymap directly.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lbw.domain.keymap import block_of, inspire_bucket, module_path
+from lbw.files.families import describe
 
 SD1 = [
     # kohya SD1/SD2 (diffusers-style paths)
@@ -99,25 +104,29 @@ FLUX = [
 ]
 
 
+def _block(name: str, architecture: str | None = None) -> str | None:
+    return describe(name, architecture).block
+
+
 @pytest.mark.parametrize(("name", "block"), SD1)
 def test_sd1_kohya_names(name: str, block: str | None) -> None:
-    assert block_of(name, "sd1") == block
-    assert block_of(name, "sd2") == block
+    assert block_of(name, "sd1") == _block(name, "sd1") == block
+    assert block_of(name, "sd2") == _block(name, "sd2") == block
 
 
 @pytest.mark.parametrize(("name", "block"), SDXL)
 def test_sdxl_sgm_names(name: str, block: str | None) -> None:
-    assert block_of(name, "sdxl") == block
+    assert block_of(name, "sdxl") == _block(name, "sdxl") == block
 
 
 @pytest.mark.parametrize(("name", "block"), PEFT)
 def test_diffusers_and_peft_names(name: str, block: str | None) -> None:
-    assert block_of(name) == block
+    assert _block(name) == block
 
 
 @pytest.mark.parametrize(("name", "block"), FLUX)
 def test_flux_names(name: str, block: str | None) -> None:
-    assert block_of(name, "flux") == block
+    assert _block(name, "flux") == block
 
 
 def test_diffusers_formula_for_every_down_and_up_block() -> None:
@@ -180,7 +189,9 @@ INSPIRE = [
 
 @pytest.mark.parametrize(("name", "architecture", "bucket"), INSPIRE)
 def test_inspire_buckets(name: str, architecture: str, bucket: tuple[str, int] | None) -> None:
-    assert inspire_bucket(name, architecture) == bucket
+    assert describe(name, architecture).inspire == bucket
+    if "." not in name:
+        assert inspire_bucket(name, architecture) == bucket
 
 
 def test_keymap_is_standard_library_only() -> None:

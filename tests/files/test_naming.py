@@ -44,6 +44,18 @@ CASES = [
      KeyParts("unet.mid_block.attentions.0.proj_in", "lora_up", "diffusers")),
     ("unet.mid_block.attentions.0.proj_in.alpha",
      KeyParts("unet.mid_block.attentions.0.proj_in", "alpha", "diffusers")),
+    # Other trainers' kohya-style names: OneTrainer's Flux transformer, SimpleTuner's LyCORIS.
+    ("lora_transformer_transformer_blocks_0_attn_to_q.lora_up.weight",
+     KeyParts("lora_transformer_transformer_blocks_0_attn_to_q", "lora_up", "kohya")),
+    ("lycoris_transformer_blocks_0_attn_add_q_proj.lokr_w1",
+     KeyParts("lycoris_transformer_blocks_0_attn_add_q_proj", "lokr_w1", "lycoris")),
+    ("lycoris_down_blocks_1_attentions_0_proj_in.alpha",
+     KeyParts("lycoris_down_blocks_1_attentions_0_proj_in", "alpha", "kohya")),
+    # ai-toolkit's LoKr under dotted diffusers names.
+    ("transformer.single_transformer_blocks.0.proj_mlp.lokr_w2_a",
+     KeyParts("transformer.single_transformer_blocks.0.proj_mlp", "lokr_w2_a", "lycoris")),
+    ("transformer.transformer_blocks.0.attn.to_q.hada_w1_a",
+     KeyParts("transformer.transformer_blocks.0.attn.to_q", "hada_w1_a", "lycoris")),
 ]
 
 
@@ -54,6 +66,7 @@ def test_split_key(key: str, parts: KeyParts) -> None:
 
 @pytest.mark.parametrize("key", [
     "unet.conv_in.weight",                      # a full model weight, not an adapter tensor
+    "transformer.proj_out.on_input",            # IA3 roles are read under kohya-style names only
     "lora_unet_x.something.weight",             # kohya module names never contain a dot
     "lora_unet_x",                              # no role
     ".lora_up.weight",                          # no module

@@ -124,7 +124,7 @@ def test_sgm_lora_maps_every_module_to_its_layer_and_block(sdxl):
                                                      ("peft", "peft_attention", None)])
 def test_diffusers_named_sdxl_loras_map_too(sdxl, family, preset, sgm):
     """kohya files with diffusers paths (lora_unet_down_blocks_…) and PEFT files (unet.…, text_encoder_2.…)."""
-    from lbw.domain.keymap import block_of
+    from lbw.files.families import describe
 
     pipe = sdxl[0]
     index = pipeline_module_index(pipe)
@@ -135,7 +135,32 @@ def test_diffusers_named_sdxl_loras_map_too(sdxl, family, preset, sgm):
     for target in targets:
         component = components.get(target.component, target.component)
         assert lookup(index, target.name, "sdxl") is _layer(pipe, component, target.path), target.name
-        assert block_of(target.name, "sdxl") == _expected_block(component, target.path), target.name
+        assert describe(target.name, "sdxl").block == _expected_block(component, target.path), target.name
+
+
+@pytest.mark.parametrize("names", ["onetrainer", "lycoris", "diffusers", "peft", "peft_base", "processor"])
+def test_every_trainer_family_finds_its_layer(sdxl, names):
+    """lbw's diffusers backend finds the layer of every family's name (OneTrainer, SimpleTuner LyCORIS, diffusers,
+    bare and base_model.model. PEFT, old attention processors), with the block of that layer."""
+    from lbw.files.families import describe
+    from lbw.files.fixtures.trainers import _name
+
+    pipe = sdxl[0]
+    index = pipeline_module_index(pipe)
+    targets = collect_targets(pipe.unet, [pipe.text_encoder, pipe.text_encoder_2], preset="peft_attention",
+                              family="kohya", sgm=False)
+    te_only = names in ("onetrainer", "diffusers")
+    components = {"lora_te1": "te1", "lora_te2": "te2", "unet": "unet"}
+    checked = 0
+    for target in targets:
+        if target.component != "unet" and not te_only:
+            continue
+        name = _name(names, components[target.component], target.path, "sdxl")
+        assert lookup(index, name, "sdxl") is _layer(pipe, target.component, target.path), name
+        assert describe(name, "sdxl").block == _expected_block(target.component, target.path), name
+        assert "diffusers" in describe(name, "sdxl", "lora").loaded_by
+        checked += 1
+    assert checked > 50
 
 
 def _dense(tensors, name, shape) -> torch.Tensor:

@@ -1,11 +1,12 @@
-"""Module name -> LBW block ID, and the ComfyUI Inspire bucket of a module (standard library only).
+"""Canonical module name -> LBW block ID, and the ComfyUI Inspire bucket of a module (standard library only).
 
 LBW never parses file names itself: it sees a CompVis-style layer name
 (``diffusion_model_input_blocks_4_1_...``, or a Forge parameter name for Flux) and searches an ordered table of
-substrings, the last match winning (lbw-semantics.md §2.1). This module rebuilds that view from any file name
-(kohya SD1/SD2 diffusers-style names, SDXL SGM names, diffusers/PEFT dotted names, text encoders, Flux kohya and
-diffusers names) and applies the same table, so a module maps to a block exactly when LBW would scale it.
-``None`` means unmapped: LBW keeps strength 1.
+substrings, the last match winning (lbw-semantics.md §2.1). This module rebuilds that view from the canonical
+(sd-scripts) name of a layer: ``lora_unet_`` with diffusers or SGM paths for SD1/SD2/SDXL and BFL paths for
+Flux, ``lora_te_``/``lora_te1_``/``lora_te2_`` for CLIP and ``lora_te3_`` for T5. Names of every other family
+(OneTrainer, SimpleTuner LyCORIS, diffusers, PEFT, ComfyUI) are turned into that form in one place,
+``lbw.files.families.normalise``; anything else gives None here. ``None`` means unmapped: LBW keeps strength 1.
 
 Example:
     >>> block_of("lora_unet_down_blocks_0_attentions_0_proj_in")
@@ -37,23 +38,13 @@ _LBW_PATTERNS: tuple[tuple[str, str], ...] = (
     ("transformer_resblocks", "BASE"),
 )
 
-# Component prefixes (after "." -> "_"), longest first: (prefix, component).
+# Component prefixes of canonical names: (prefix, component).
 _COMPONENTS: tuple[tuple[str, str], ...] = (
-    ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te3_", "te3"), ("lora_te_", "te"),
-    ("text_encoder_2_", "te2"), ("text_encoder_", "te1"), ("lora_unet_", "unet"),
-    ("model_diffusion_model_", "unet"), ("diffusion_model_", "unet"), ("unet_", "unet"),
-    ("transformer_", "unet"),
+    ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te3_", "te3"), ("lora_te_", "te"), ("lora_unet_", "unet"),
 )
 
-_STRIP_PREFIXES = ("base_model_model_",)
-_BARE_UNET = ("down_blocks_", "mid_block_", "up_blocks_", "input_blocks_", "middle_block_", "output_blocks_",
-              "conv_in", "conv_out", "time_embedding_", "double_blocks_", "single_blocks_",
-              "transformer_blocks_", "single_transformer_blocks_")
-
-# Forge's Flux text encoders: CLIP-L is kohya te1 / diffusers text_encoder, T5-XXL is kohya te3 /
-# diffusers text_encoder_2 (sd-scripts writes no lora_te2_ for Flux).
-_FLUX_ENCODERS = {"lora_te1_": "clip_l", "lora_te_": "clip_l", "text_encoder_": "clip_l",
-                  "lora_te3_": "t5xxl", "text_encoder_2_": "t5xxl"}
+# Forge's Flux text encoders: CLIP-L is kohya te1 (or te), T5-XXL is kohya te3.
+_FLUX_ENCODERS = {"lora_te1_": "clip_l", "lora_te_": "clip_l", "lora_te3_": "t5xxl"}
 
 _INSPIRE = re.compile(r"^(input_blocks|middle_block|output_blocks|double_blocks|single_blocks)_(\d+)_")
 _INSPIRE_BUCKET = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output",
@@ -75,7 +66,7 @@ def block_of(module: str, architecture: str | None = None) -> str | None:
     encoders and blocks use the 61-slot IDs.
 
     Example:
-        >>> block_of("unet.up_blocks.1.attentions.2.proj_out")
+        >>> block_of("lora_unet_up_blocks_1_attentions_2_proj_out")
         'OUT05'
         >>> block_of("lora_te1_text_model_encoder_layers_0_mlp_fc1", "flux")
         'CLIP'
@@ -113,21 +104,18 @@ def inspire_bucket(module: str, architecture: str | None = None) -> tuple[str, i
 
 
 def module_path(module: str, architecture: str | None = None) -> ModulePath | None:
-    """The component of ``module`` and the layer name LBW would see for it; None for unknown prefixes.
+    """The component of a canonical module name and the layer name LBW would see for it; None for other names.
 
     Example:
         >>> module_path("lora_unet_down_blocks_1_downsamplers_0_conv").lbw_name
         'diffusion_model_input_blocks_6_0_op'
     """
-    name = module.replace(".", "_")
-    for prefix in _STRIP_PREFIXES:
-        name = name.removeprefix(prefix)
-    split = _split_component(name)
+    split = _split_component(module)
     if split is None:
         return None
     prefix, component, rest = split
     if component == "unet":
-        body = _flux_unet(rest) if architecture == "flux" else _compvis_unet(rest)
+        body = rest if architecture == "flux" else _compvis_unet(rest)
         return ModulePath("unet", "diffusion_model_" + body)
     if architecture == "flux":
         encoder = _FLUX_ENCODERS.get(prefix)
@@ -136,15 +124,10 @@ def module_path(module: str, architecture: str | None = None) -> ModulePath | No
 
 
 def _split_component(name: str) -> tuple[str, str, str] | None:
-    """(prefix, component, rest) of an underscore name, or None for an unknown prefix."""
+    """(prefix, component, rest) of a canonical name, or None for any other name."""
     for prefix, component in _COMPONENTS:
-        if name.startswith(prefix):
+        if name.startswith(prefix) and "." not in name:
             return prefix, component, name[len(prefix):]
-    # Bare model paths (PEFT saved straight from the model, without a component prefix).
-    if name.startswith(_BARE_UNET):
-        return "", "unet", name
-    if name.startswith("text_model_"):
-        return "", "te1", name
     return None
 
 
@@ -183,28 +166,9 @@ def _compvis_unet(rest: str) -> str:
     return rest
 
 
-# --- Flux: diffusers names -> BFL names, then Forge's rule --------------------------------------------------
-
-_FLUX_DIFFUSERS: tuple[tuple[str, str], ...] = (
-    ("single_transformer_blocks_", "single_blocks_"),
-    ("transformer_blocks_", "double_blocks_"),
-    ("x_embedder", "img_in"),
-    ("context_embedder", "txt_in"),
-    ("time_text_embed_timestep_embedder", "time_in"),
-    ("time_text_embed_guidance_embedder", "guidance_in"),
-    ("time_text_embed_text_embedder", "vector_in"),
-    ("norm_out_linear", "final_layer_adaLN_modulation_1"),
-    ("proj_out", "final_layer_linear"),
-)
+# --- Flux: Forge's rule on the BFL parameter name ------------------------------------------------------------
 
 _FIRST_NUMBER = re.compile(r"_(\d+)_")
-
-
-def _flux_unet(rest: str) -> str:
-    for diffusers, bfl in _FLUX_DIFFUSERS:
-        if rest.startswith(diffusers):
-            return bfl + rest[len(diffusers):]
-    return rest
 
 
 def _flux_block(name: str) -> str | None:

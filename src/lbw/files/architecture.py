@@ -1,10 +1,10 @@
 """Which base model a LoRA is for (sd1, sd2, sdxl, flux), from its keys and shapes, checked against metadata.
 
-Evidence from the keys: Flux double/single blocks (or kohya ``lora_te3_``); SDXL ``lora_te1_``/``lora_te2_``,
-``text_encoder_2``, SGM UNet names or a 2048-wide cross-attention context; SD2 a 1024-wide text encoder or
-1024-wide context; SD1 a 768-wide text encoder (``lora_te_``) or 768-wide context. The metadata keys
-``ss_base_model_version``, ``ss_v2`` and ``modelspec.architecture`` are compared with that; any disagreement is
-reported as a warning, never hidden.
+Evidence from the keys: Flux double/single blocks in any family's names, or a T5 text encoder; SDXL
+``lora_te1_``/``lora_te2_``, ``text_encoder_2``, SGM UNet names or a 2048-wide cross-attention context; SD2 a
+1024-wide text encoder or 1024-wide context; SD1 a 768-wide text encoder (``lora_te_``) or 768-wide context.
+The metadata keys ``ss_base_model_version``, ``ss_v2`` and ``modelspec.architecture`` are compared with that;
+any disagreement is reported as a warning, never hidden.
 
 Example:
     >>> report = detect_architecture({"lora_te_text_model_encoder_layers_0_mlp_fc1": {"lora_down": (8, 768)}}, {})
@@ -23,11 +23,15 @@ from lbw.files.json_text import quoted
 ARCHITECTURES = ("sd1", "sd2", "sdxl", "flux")
 _PRIORITY = {"flux": 0, "sdxl": 1, "sd2": 2, "sd1": 3}
 
-_SGM = re.compile(r"^(lora_unet_|unet_|diffusion_model_|model_diffusion_model_)(input_blocks|middle_block|"
+_SGM = re.compile(r"^(lora_unet_|unet_|diffusion_model_|model_diffusion_model_)?(input_blocks|middle_block|"
                   r"output_blocks)_\d")
 _FLUX = re.compile(r"(^|_)(double_blocks|single_blocks|single_transformer_blocks)_\d")
-_FLUX_DIFFUSERS = re.compile(r"^transformer_transformer_blocks_\d")
-_SD_UNET = re.compile(r"^(lora_unet_|unet_)(down_blocks|mid_block|up_blocks)_")
+# Flux double blocks in diffusers names (any family's prefix): SD blocks have attn1/attn2, never attn_/context.
+_FLUX_DIFFUSERS = re.compile(
+    r"(^|_)transformer_blocks_\d+_(attn_|ff_context_|norm1_context_|norm1_linear)|"
+    r"^(transformer_|lora_transformer_|lycoris_)?(x_embedder|context_embedder|time_text_embed_)")
+_T5 = re.compile(r"(^|_)encoder_block_\d+_layer_")
+_SD_UNET = re.compile(r"^(lora_unet_|unet_|lycoris_)?(down_blocks|mid_block|up_blocks)_")
 _CROSS_KV = re.compile(r"attn2_(to_k|to_v)$")
 _TE_LAYER = re.compile(r"self_attn_(q|k|v)_proj$")
 
@@ -119,8 +123,11 @@ def _key_votes(modules: Mapping[str, Shapes]) -> tuple[dict[str, list[str]], dic
 
     for module, shapes in modules.items():
         name = module.replace(".", "_").removeprefix("base_model_model_")
-        if _FLUX.search(name) or _FLUX_DIFFUSERS.match(name) or name.startswith("lora_te3_"):
+        if _FLUX.search(name) or _FLUX_DIFFUSERS.search(name) or name.startswith("lora_te3_"):
             vote(strong, "flux", "Flux double/single blocks or T5 (lora_te3_) keys")
+            continue
+        if _T5.search(name):
+            vote(strong, "flux", "T5-XXL text encoder keys (encoder_block_N_layer_)")
             continue
         width = _in_features(shapes)
         if name.startswith("lora_te2_"):

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from lbw.adapters.kinds import AdapterKind, kind_of_roles, rank_of
-from lbw.domain.keymap import block_of, inspire_bucket
 from lbw.errors import AdapterError, LoraFileError
+from lbw.files.families import ModuleNaming, describe
 from lbw.files.json_text import quoted
 from lbw.files.naming import split_key
 from lbw.files.peft_config import AdapterConfig, config_alpha
@@ -107,6 +107,7 @@ class Module:
 
     ``keys`` maps role -> tensor key in the file; ``shapes`` maps role -> shape. ``block`` is the LBW block ID
     (None: unmapped, LBW keeps strength 1); ``inspire`` the ComfyUI Inspire bucket (None: "others" = BASE).
+    ``naming`` is the normalised name (``lbw.files.families``): family, canonical layer name, loading hosts.
     """
 
     name: str
@@ -121,6 +122,7 @@ class Module:
     params: int
     _alphas: AlphaReader = field(repr=False)
     config_alpha: float | None = None
+    naming: ModuleNaming | None = None
 
     @cached_property
     def stored_alpha(self) -> float | None:
@@ -195,12 +197,14 @@ def build_modules(
         except AdapterError as error:
             unsupported.append(UnsupportedModule(group.name, tuple(sorted(shapes)), error.message))
             continue
+        keys = {role: info.name for role, info in group.tensors.items()}
+        naming = describe(group.name, architecture, kind.value, (key[len(group.name):] for key in keys.values()))
         modules.append(Module(
             name=group.name,
-            keys={role: info.name for role, info in group.tensors.items()},
+            keys=keys,
             kind=kind,
-            block=block_of(group.name, architecture),
-            inspire=inspire_bucket(group.name, architecture),
+            block=naming.block,
+            inspire=naming.inspire,
             rank=rank,
             shapes=shapes,
             dtype=_module_dtype(group.tensors),
@@ -208,6 +212,7 @@ def build_modules(
             params=sum(info.numel for info in group.tensors.values()),
             _alphas=alphas,
             config_alpha=_config_alpha(group, rank, configs),
+            naming=naming,
         ))
     return modules, unsupported
 

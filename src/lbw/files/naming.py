@@ -21,6 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
+# Module names written the kohya way (underscores, kohya/LyCORIS roles) by other trainers: OneTrainer's Flux
+# transformer and SimpleTuner's LyCORIS (lbw.files.families names the trainer).
+UNDERSCORE_PREFIXES = (*KOHYA_PREFIXES, "lora_transformer_", "lycoris_")
 
 # Roles of plain kohya LoRA (sd-scripts networks.lora); every other role is LyCORIS-only.
 KOHYA_ROLES = frozenset({"lora_up", "lora_down", "alpha"})
@@ -56,6 +59,15 @@ _DIFFUSERS_SUFFIXES: dict[str, str] = {
     "alpha": "alpha", "dora_scale": "dora_scale",
 }
 
+# ".suffix" -> role for LyCORIS tensors under dotted module names (ai-toolkit writes LoKr as
+# ``transformer.….lokr_w1``); the bare ``.weight``/``.on_input`` of IA3 are left out: a dotted ``.weight`` is a
+# model weight, not an adapter tensor.
+_DOTTED_LYCORIS_SUFFIXES: dict[str, str] = {
+    role: role for role in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+                            "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
+                            "diff", "diff_b", "w_norm", "b_norm")
+}
+
 
 @dataclass(frozen=True)
 class KeyParts:
@@ -73,7 +85,7 @@ def split_key(key: str) -> KeyParts | None:
         >>> split_key("text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_B.weight")
         KeyParts(module='text_encoder.text_model.encoder.layers.0.mlp.fc1', role='lora_up', family='peft')
     """
-    if key.startswith(KOHYA_PREFIXES):
+    if key.startswith(UNDERSCORE_PREFIXES):
         peft = _match_suffix(key, _PEFT, "peft")
         if peft is not None:
             return peft
@@ -89,6 +101,9 @@ def split_key(key: str) -> KeyParts | None:
     for suffix, role in (("_lora.up.weight", "lora_up"), ("_lora.down.weight", "lora_down")):
         if key.endswith(suffix) and len(key) > len(suffix):
             return KeyParts(key[: -len(suffix)], role, "diffusers")
+    parts = _match_suffix(key, _DOTTED_LYCORIS, "lycoris")
+    if parts is not None:
+        return parts
     return _match_suffix(key, _DIFFUSERS, "diffusers")
 
 
@@ -100,6 +115,7 @@ def _ordered(table: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 _KOHYA = _ordered(_KOHYA_SUFFIXES)
 _PEFT = _ordered(_PEFT_SUFFIXES)
 _DIFFUSERS = _ordered(_DIFFUSERS_SUFFIXES)
+_DOTTED_LYCORIS = _ordered(_DOTTED_LYCORIS_SUFFIXES)
 
 
 def _match_suffix(key: str, table: tuple[tuple[str, str], ...], family: str) -> KeyParts | None:

@@ -5,6 +5,8 @@ One factor is scaled in float32 (the one LBW scales: ``lora_up``, ``hada_w1_a``,
 ``diff``, ``w_norm``; plus the bias delta of full/norm modules), or with ``balanced`` the magnitude is split
 √|c| over ``lora_up``/``lora_down`` (LoRA/LoCon only; the sign stays on ``lora_up``). Alpha and rank are kept.
 Each tensor is cast once to the output dtype. Modules of blocks at factor 0 are removed unless ``keep_zero``.
+Modules that no host of the architecture loads (``lbw.domain.hosts``) are kept untouched, whatever the weights,
+and the plan's notes list them.
 
 DoRA is not linear in the factor: refused unless ``dora="dense"``, which stores the exact applied delta as a
 full-diff module (``diff`` of the layer's full shape, out·in·kh·kw values instead of r·(out+in)), computed from
@@ -212,6 +214,8 @@ def bake_module(
     def roles_of() -> dict[str, torch.Tensor]:
         return lora.module_tensors(module) if read is None else with_config_alpha(module, read(module.keys))
 
+    if plan.untouched(module):
+        return roles_of()  # no host loads it: no weight ever reaches it, kept as it is
     factor = plan.factor(module)
     if module.kind is AdapterKind.DORA:
         if options.dora != "dense":

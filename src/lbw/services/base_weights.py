@@ -5,9 +5,10 @@ as ``model.diffusion_model.input_blocks.1.1.proj_in.weight``), a diffusers state
 or any file whose keys end with the layer path. Only the tensors asked for are read (memory-mapped).
 
 Matching rule: a LoRA module matches the checkpoint key whose name without ``.weight``, with ``.`` → ``_``,
-equals or ends with ``_`` + one of the module's layer paths: the module name without its ``lora_unet_`` /
-``lora_te*_`` / ``unet.`` / ``text_encoder*.`` prefix, or the CompVis name LBW sees
-(``diffusion_model_input_blocks_1_1_...``). No match, or several (e.g. both SDXL text encoders in one file), is
+equals or ends with ``_`` + one of the module's layer paths: the layer path after its family's prefix
+(``lbw.files.families``: ``lora_unet_``, ``lora_te*_``, ``unet.``, ``transformer.``, ``lycoris_`` ...), or the
+CompVis name LBW sees (``diffusion_model_input_blocks_1_1_...``; not for Flux diffusers q/k/v/mlp layers, which
+are slices of a fused BFL weight). No match, or several (e.g. both SDXL text encoders in one file), is
 an error naming the module: lbw never guesses a base weight.
 
 Example:
@@ -25,14 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from lbw.domain.keymap import module_path
 from lbw.errors import LoraFileError
+from lbw.files.families import normalise
 from lbw.files.modules import Module
 from lbw.files.safetensors_header import read_header
 
 if TYPE_CHECKING:
     import torch
-
-_MODULE_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_te_", "unet_", "text_encoder_2_",
-                    "text_encoder_", "transformer_", "base_model_model_")
 
 
 class BaseWeights:
@@ -67,7 +66,7 @@ class BaseWeights:
             >>> base.key_for(lora.module("lora_te_text_model_encoder_layers_0_mlp_fc1"))
             'cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight'
         """
-        tails = _module_tails(module.name, architecture)
+        tails = _module_tails(module, architecture)
         ambiguous: list[str] = []
         for tail in tails:
             found = sorted(set(self._by_tail.get(tail, ())))
@@ -101,14 +100,11 @@ class BaseWeights:
         self.close()
 
 
-def _module_tails(name: str, architecture: str | None) -> list[str]:
-    flat = name.replace(".", "_")
-    tails = []
-    for prefix in _MODULE_PREFIXES:
-        if flat.startswith(prefix):
-            tails.append(flat[len(prefix):])
-            break
-    path = module_path(name, architecture)
-    if path is not None and path.component == "unet":
-        tails.append(path.lbw_name)
+def _module_tails(module: Module, architecture: str | None) -> list[str]:
+    name = module.naming.name if module.naming is not None else normalise(module.name)
+    tails = [name.form.path]
+    if name.canonical is not None and name.form.namespace != "flux_diffusers":
+        path = module_path(name.canonical, architecture)
+        if path is not None and path.component == "unet":
+            tails.append(path.lbw_name)
     return [t for i, t in enumerate(tails) if t and t not in tails[:i]]

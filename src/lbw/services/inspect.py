@@ -4,6 +4,10 @@ The strength of a block is the sum of ||ΔW||_F (multiplier 1, alpha/rank scale 
 computed with the fast norms of ``lbw.adapters`` (Gram matrices, never the dense ΔW). IA3 modules have no norm
 without the base model (ΔW = W0 ⊙ w); DoRA modules report the norm of their low-rank direction s·U·D.
 
+Names: the naming families of the modules (``lbw.files.families``) and, per host that runs the architecture,
+the modules that host would not load at all (``lbw.files.host_report``). Modules no host loads are counted in
+their own row, not in a block: no block weight reaches them anywhere.
+
 Example:
     >>> report = inspect_file("style.safetensors")
     >>> report.architecture, report.layout.name, report.blocks["IN04"].modules
@@ -26,6 +30,7 @@ from typing import Any
 from lbw.adapters.kinds import AdapterKind, alpha_scale
 from lbw.domain.layouts import Layout
 from lbw.errors import AdapterError, LbwError
+from lbw.files.host_report import HostLoading, host_loading
 from lbw.files.lora_file import LoraFile
 from lbw.files.modules import Module
 
@@ -33,6 +38,7 @@ Progress = Callable[[int, int], None]
 
 # Inspire bucket names as the JSON shows them.
 UNMAPPED = "unmapped"
+NOT_LOADED = "not loaded"
 
 
 @dataclass
@@ -89,11 +95,15 @@ class InspectReport:
     warnings: tuple[str, ...]
     notes: tuple[str, ...]
     norm_device: str
+    families: dict[str, int] = field(default_factory=dict)
+    hosts: tuple[HostLoading, ...] = ()
+    not_loaded: BlockStats = field(default_factory=lambda: BlockStats(NOT_LOADED))
+    not_loaded_modules: tuple[str, ...] = ()
 
     @property
     def total_norm(self) -> float:
-        """Sum of ||ΔW||_F over every module, unmapped ones included."""
-        return sum(stats.norm for stats in self.blocks.values()) + self.unmapped.norm
+        """Sum of ||ΔW||_F over every module, unmapped and not loaded ones included."""
+        return sum(stats.norm for stats in self.blocks.values()) + self.unmapped.norm + self.not_loaded.norm
 
     def to_json(self) -> dict[str, Any]:
         """One JSON-ready object (the ``--json`` output).
@@ -118,6 +128,10 @@ class InspectReport:
             "blocks": {block: stats.to_json() for block, stats in self.blocks.items()},
             "unmapped": self.unmapped.to_json(),
             "unmapped_modules": list(self.unmapped_modules),
+            "name_families": self.families,
+            "hosts": {report.host: report.to_json() for report in self.hosts},
+            "not_loaded": self.not_loaded.to_json(),
+            "not_loaded_modules": list(self.not_loaded_modules),
             "inspire_blocks": [[bucket, number] for bucket, number in self.inspire_blocks],
             "inspire_length": self.inspire_length,
             "total_norm": self.total_norm,
@@ -152,11 +166,19 @@ def inspect_file(
         measured = module_norms(lora, device=device, progress=progress) if norms else {}
         blocks = {block: BlockStats(block) for block in lora.layout.ids}
         unmapped = BlockStats(UNMAPPED)
+        not_loaded = BlockStats(NOT_LOADED)
+        nowhere = []
         for module in lora.modules:
-            target = unmapped if module.block is None else blocks.setdefault(module.block, BlockStats(module.block))
+            if module.naming is not None and module.naming.loaded_nowhere:
+                target = not_loaded
+                nowhere.append(module.name)
+            elif module.block is None:
+                target = unmapped
+            else:
+                target = blocks.setdefault(module.block, BlockStats(module.block))
             target.add(module, measured.get(module.name))
-        total = sum(stats.norm for stats in blocks.values()) + unmapped.norm
-        for stats in (*blocks.values(), unmapped):
+        total = sum(stats.norm for stats in blocks.values()) + unmapped.norm + not_loaded.norm
+        for stats in (*blocks.values(), unmapped, not_loaded):
             stats.share = 100.0 * stats.norm / total if total > 0 else 0.0
         return InspectReport(
             path=lora.path,
@@ -172,15 +194,28 @@ def inspect_file(
             dtypes=lora.dtypes,
             blocks=blocks,
             unmapped=unmapped,
-            unmapped_modules=tuple(module.name for module in lora.unmapped),
+            unmapped_modules=tuple(m.name for m in lora.unmapped if m.naming is None or not m.naming.loaded_nowhere),
             inspire_blocks=lora.inspire_blocks,
             inspire_length=lora.inspire_length,
             metadata=group_metadata(lora.metadata),
             hashes=hashing.result() if hashing is not None else {},
             warnings=lora.warnings,
-            notes=_norm_notes(lora, norms),
+            notes=(*_norm_notes(lora, norms), *_host_notes(lora)),
             norm_device=device,
+            families=_families(lora.modules),
+            hosts=host_loading(lora.modules, lora.architecture, lora.unrecognized_keys),
+            not_loaded=not_loaded,
+            not_loaded_modules=tuple(nowhere),
         )
+
+
+def _families(modules: tuple[Module, ...]) -> dict[str, int]:
+    """Naming family -> module count, most modules first."""
+    counts: dict[str, int] = {}
+    for module in modules:
+        family = module.naming.family if module.naming is not None else "unknown"
+        counts[family] = counts.get(family, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def module_norms(lora: LoraFile, *, device: str = "cpu", progress: Progress | None = None) -> dict[str, float]:
@@ -351,6 +386,17 @@ def _norm_notes(lora: LoraFile, norms: bool) -> tuple[str, ...]:
         notes.append("DoRA modules count the norm of their low-rank direction s·U·D; the applied delta also "
                      "depends on the base weight")
     return tuple(notes)
+
+
+def _host_notes(lora: LoraFile) -> tuple[str, ...]:
+    """What a host does with modules it loads but LBW does not re-weight (docs/naming.md)."""
+    from lbw.domain.hosts import hosts_for
+
+    dropped = sum(module.kind in (AdapterKind.FULL, AdapterKind.NORM) for module in lora.modules)
+    if dropped and "forge" in hosts_for(lora.architecture):
+        return (f"on Forge, the LBW extension re-weights only lora/loha/lokr patches and drops the other "
+                f"{dropped} full-diff/norm modules while it is active",)
+    return ()
 
 
 @dataclass(frozen=True)

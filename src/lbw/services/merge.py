@@ -2,7 +2,8 @@
 Σ c_i·ΔW_i (c_i = block ratio × strength, resolved per file as LBW does).
 
 Exact mode (no ``rank``), per module name:
-- one source holds it: carried over with one factor scaled (as ``bake`` does; alpha and rank kept);
+- one source holds it: carried over with one factor scaled (as ``bake`` does; alpha and rank kept); a module
+  no host loads is carried as it is (never compressed either), several of them are joined at factor 1;
 - several LoRA/LoCon sources: joined along the rank (each c_i·α_i/r_i folded into its up factor, alpha =
   total rank, scale 1), different ranks and alphas fine;
 - several full-diff, norm or IA3 sources (same ``on_input``): their linear parameters summed, exact;
@@ -251,7 +252,7 @@ def _merge_module(
             scaled = scale_module(first.kind, roles, factor, out_dtype=out_dtype or "input", where=first.name)
             check_scaled(scaled, roles, factor, first)
             roles = scaled
-        if first.kind is AdapterKind.LORA:
+        if first.kind is AdapterKind.LORA and not source.plan.untouched(first):  # no host loads it: kept as is
             roles = _compress(roles, limit, block, tally)
         return "carried", roles, first
     if kinds == {AdapterKind.LORA}:

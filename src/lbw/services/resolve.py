@@ -7,7 +7,9 @@ Resolution (lbw-semantics §3.1, §5):
 - the layout comes from the vector length; a block ID the vector does not have is 0 (LBW's zero fill);
 - the ratio ρ of a module is its block's value; an unmapped module (conv_out, time_embed, ...) keeps ρ = 1;
 - the module factor is ρ × the text-encoder multiplier (BASE, Flux CLIP/T5 and any text-encoder module) or
-  ρ × the UNet multiplier (every other module, unmapped ones included). Both default to the strength.
+  ρ × the UNet multiplier (every other module, unmapped ones included). Both default to the strength;
+- a module that no host of the architecture loads (``lbw.domain.hosts``: its name is in no key map, so no
+  block weight ever reaches it) is kept untouched: factor 1, listed in the notes.
 
 Example:
     >>> weights = load_weights("OUTALL")
@@ -25,17 +27,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lbw.domain.keymap import module_path
+from lbw.domain.hosts import HOSTS, hosts_for
 from lbw.domain.layouts import FLUX61, SD17, SD26, XL12, XL20, Layout
 from lbw.domain.numbers import format_number
 from lbw.domain.presets import default_presets, read_presets
 from lbw.domain.sheet_file import sheet_from_toml
 from lbw.domain.weights import BlockWeights, parse_weights
 from lbw.errors import PresetError, WeightsError
+from lbw.files.families import normalise
 from lbw.files.modules import Module
 
 # Blocks scaled by the text-encoder multiplier.
 TEXT_ENCODER_BLOCKS = frozenset({"BASE", "CLIP", "T5"})
+# The factor-table row of modules no host loads.
+NOT_LOADED = "loaded by no host"
+_NAMES_SHOWN = 5
 SHEET_SUFFIXES = (".toml",)
 
 
@@ -149,14 +155,22 @@ class FactorPlan:
     notes: tuple[str, ...] = field(default=())
 
     def ratio(self, module: Module) -> float:
-        """The block ratio ρ of a module (1 for unmapped modules, 0 for blocks the vector lacks)."""
-        if module.block is None:
+        """The block ratio ρ of a module (1 for unmapped modules and modules no host loads, 0 for blocks the
+        vector lacks)."""
+        if module.block is None or self.untouched(module):
             return 1.0
         return self.ratios.get(module.block, 0.0)
 
     def multiplier(self, module: Module) -> float:
-        """The text-encoder or UNet multiplier that applies to a module."""
+        """The text-encoder or UNet multiplier that applies to a module (1 for modules no host loads)."""
+        if self.untouched(module):
+            return 1.0
         return self.te if is_text_encoder(module, self.architecture) else self.unet
+
+    @staticmethod
+    def untouched(module: Module) -> bool:
+        """True for a module no host of the file's architecture loads: bake and merge keep it as it is."""
+        return module.naming is not None and module.naming.loaded_nowhere
 
     def factor(self, module: Module) -> float:
         """ρ × multiplier: ΔW_out = factor · ΔW_in for every linear adapter kind."""
@@ -176,8 +190,8 @@ def is_text_encoder(module: Module, architecture: str) -> bool:
     """
     if module.block is not None:
         return module.block in TEXT_ENCODER_BLOCKS
-    path = module_path(module.name, "flux" if architecture == "flux" else None)
-    return path is not None and path.component != "unet"
+    name = module.naming.name if module.naming is not None else normalise(module.name)
+    return name.component not in ("", "unet")
 
 
 def check_finite(value: float, what: str) -> float:
@@ -225,6 +239,8 @@ def resolve_for_file(
     values = dict(zip(layout.ids, weights.numbers(), strict=True))
     full = FLUX61 if is_flux_vector else SD26
     ratios = {block: values.get(block, 0.0) for block in full.ids}
+    untouched = [m for m in modules if FactorPlan.untouched(m)]
+    modules = [m for m in modules if not FactorPlan.untouched(m)]
     counts = Counter(module.block for module in modules)
     notes = list(_layout_notes(layout, architecture))
     zeroed = [b for b in full.ids if counts.get(b) and b not in values]
@@ -244,7 +260,23 @@ def resolve_for_file(
             rows.append(BlockRow("unmapped (text encoder)", 1.0, te, te_count, "LBW keeps ratio 1"))
         if len(unmapped) - te_count:
             rows.append(BlockRow("unmapped", 1.0, unet, len(unmapped) - te_count, "LBW keeps ratio 1"))
+    if untouched:
+        rows.append(BlockRow(NOT_LOADED, 1.0, 1.0, len(untouched), "kept untouched"))
+        notes.append(not_loaded_note(untouched, architecture))
     return FactorPlan(weights, architecture, te, unet, ratios, tuple(rows), tuple(notes))
+
+
+def not_loaded_note(modules: Sequence[Module], architecture: str) -> str:
+    """The note for modules no host loads: how many, which hosts were checked, the first names.
+
+    Example:
+        >>> not_loaded_note(lora.modules[:2], "flux")
+        '2 modules are loaded by no host (web UI Forge, ComfyUI), so no weight reaches them anywhere: kept ...'
+    """
+    hosts = ", ".join(HOSTS[h] for h in hosts_for(architecture))
+    shown = ", ".join(m.name for m in modules[:_NAMES_SHOWN]) + (" ..." if len(modules) > _NAMES_SHOWN else "")
+    return (f"{len(modules)} modules are loaded by no host ({hosts}), so no weight reaches them anywhere: kept "
+            f"untouched (factor 1) (lbw inspect lists them per host): {shown}")
 
 
 def _layout_notes(layout: Layout, architecture: str) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 BAR_WIDTH = 30
 VALUE_WIDTH = 90  # metadata values longer than this are cut in the terminal (never in --json)
+NAMES_SHOWN = 8  # module names listed per "loaded by no host" line (all of them in --json)
 
 
 def register(app: typer.Typer) -> None:
@@ -69,12 +70,13 @@ def show_report(console: Console, report: InspectReport, *, full_values: bool = 
     dtypes = ", ".join(f"{name} x{count}" for name, count in report.dtypes.items())
     summary = (
         ("architecture", f"{report.architecture}  ({_architecture_evidence(report)})"),
-        ("naming", report.naming),
+        ("naming", f"names {_families(report)}; keys {report.naming}"),
         ("adapter types", ", ".join(report.adapter_types) or "-"),
         ("layout", f"{report.layout.name} ({len(report.layout)} values); Inspire vector: "
                    f"{report.inspire_length} values"),
         ("Inspire blocks", ",".join(f"{bucket}.{number}" for bucket, number in report.inspire_blocks) or "-"),
-        ("modules", f"{report.module_count} ({len(report.unmapped_modules)} unmapped)"),
+        ("modules", f"{report.module_count} ({len(report.unmapped_modules)} unmapped"
+                    + (f", {len(report.not_loaded_modules)} loaded by no host)" if report.not_loaded_modules else ")")),
         ("tensors", f"{report.tensor_count} ({dtypes}); {report.parameter_count:,} parameters"),
         ("file size", f"{report.file_size:,} bytes ({report.file_size / 1e6:.1f} MB)"),
     )
@@ -88,6 +90,7 @@ def show_report(console: Console, report: InspectReport, *, full_values: bool = 
     if report.unmapped_modules:
         console.print(f"unmapped modules (LBW keeps them at strength 1): {markup(', '.join(report.unmapped_modules))}",
                       soft_wrap=True)
+    _show_hosts(console, report)
     _show_metadata(console, report, full_values)
     _show_hashes(console, report.hashes)
 
@@ -126,7 +129,8 @@ def _block_table(report: InspectReport) -> Any:
     for header in ("block", "modules", "params", "ranks", "alphas", "ΣΔW", "share"):
         table.add_column(header, justify="left" if header == "block" else "right")
     table.add_column("", no_wrap=True)
-    rows = [*report.blocks.values(), *([report.unmapped] if report.unmapped.modules else [])]
+    rows = [*report.blocks.values(), *([report.unmapped] if report.unmapped.modules else []),
+            *([report.not_loaded] if report.not_loaded.modules else [])]
     top = max([stats.share for stats in rows] + [0.0])
     measured = report.total_norm > 0  # 0: --no-norms, or only IA3 modules (no norm without the base model)
     for stats in rows:
@@ -134,6 +138,28 @@ def _block_table(report: InspectReport) -> Any:
         table.add_row(stats.block, str(stats.modules), f"{stats.params:,}", _numbers(stats.ranks),
                       _numbers(stats.alphas), norm, share, _bar(stats.share, top, "█"))
     return table
+
+
+def _families(report: InspectReport) -> str:
+    """``onetrainer 672, kohya 72`` (see docs/naming.md)."""
+    return ", ".join(f"{family} {count}" for family, count in report.families.items()) or "-"
+
+
+def _show_hosts(console: Console, report: InspectReport) -> None:
+    """One line per host: what it loads of this file; the modules no host loads, in full."""
+    if not report.hosts:
+        console.print(f"hosts: lbw cannot tell which hosts load this file (architecture {report.architecture})",
+                      soft_wrap=True)
+        return
+    for host in report.hosts:
+        colour = "yellow" if host.not_loaded or host.refuses_file else "green"
+        console.print(f"[{colour}]host {host.host:<10}[/{colour}]{escape(host.summary())}", soft_wrap=True)
+    names = report.not_loaded_modules
+    if names:
+        shown = ", ".join(names[:NAMES_SHOWN])
+        more = f" … and {len(names) - NAMES_SHOWN} more (--json lists them all)" if len(names) > NAMES_SHOWN else ""
+        console.print(f"{len(names)} modules loaded by no host (no weight reaches them; bake and merge keep them "
+                      f"untouched): {escape(shown)}{more}", soft_wrap=True)
 
 
 def _architecture_evidence(report: InspectReport) -> str:

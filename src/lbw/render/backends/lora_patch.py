@@ -80,7 +80,8 @@ class WeightPatcher:
 
         missing: list[str] = []
         for module in lora_file.modules:
-            path = module_path(module.name, lora_file.architecture)
+            canonical = module.naming.canonical if module.naming is not None else None
+            path = module_path(canonical, lora_file.architecture) if canonical is not None else None
             layer = index.get((path.component, path.lbw_name)) if path is not None else None
             if layer is None:
                 missing.append(module.name)

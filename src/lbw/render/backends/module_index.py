@@ -1,7 +1,8 @@
 """Find the pipeline's torch module for a LoRA module name, whatever naming the file uses.
 
-Both sides are reduced to the layer name LBW sees (``lbw.domain.keymap.module_path``): kohya SD1/SD2
-diffusers-style names, SDXL SGM/CompVis names, diffusers/PEFT dotted names and text encoders all meet there.
+Both sides are reduced to the layer name LBW sees (``lbw.domain.keymap.module_path`` of the canonical name from
+``lbw.files.families``): kohya SD1/SD2 diffusers-style names, SDXL SGM/CompVis names, diffusers/PEFT dotted
+names, OneTrainer and LyCORIS names and text encoders all meet there.
 SGM resnet layers have their own inner names (``in_layers_2`` for ``conv1`` ...), registered as aliases. The
 slot of an up block's upsampler depends on the model: ``output_blocks_N_2_conv`` after an attention layer,
 ``output_blocks_N_1_conv`` otherwise. The diffusers-name conversion assumes SD1's layout (only up block 0 has
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from lbw.domain.keymap import module_path
+from lbw.files.families import normalise
 
 # diffusers resnet layer -> SGM (CompVis) resnet layer.
 _SGM_RESNET = {
@@ -114,7 +116,8 @@ def lookup(
     index: dict[ModuleKey, torch.nn.Module], module_name: str, architecture: str | None
 ) -> torch.nn.Module | None:
     """The torch module a LoRA module name adapts, or None when the pipeline has no such layer."""
-    path = module_path(module_name, architecture)
+    canonical = normalise(module_name).canonical
+    path = module_path(canonical, architecture) if canonical is not None else None
     if path is None:
         return None
     return index.get((path.component, path.lbw_name))
