@@ -153,13 +153,13 @@ def _show_hosts(console: Console, report: InspectReport) -> None:
         return
     for host in report.hosts:
         colour = "yellow" if host.not_loaded or host.refuses_file else "green"
-        console.print(f"[{colour}]host {host.host:<10}[/{colour}]{escape(host.summary())}", soft_wrap=True)
+        console.print(f"[{colour}]host {host.host:<10}[/{colour}]{markup(host.summary())}", soft_wrap=True)
     names = report.not_loaded_modules
     if names:
         shown = ", ".join(names[:NAMES_SHOWN])
         more = f" … and {len(names) - NAMES_SHOWN} more (--json lists them all)" if len(names) > NAMES_SHOWN else ""
         console.print(f"{len(names)} modules loaded by no host (no weight reaches them; bake and merge keep them "
-                      f"untouched): {escape(shown)}{more}", soft_wrap=True)
+                      f"untouched): {markup(shown)}{more}", soft_wrap=True)
 
 
 def _architecture_evidence(report: InspectReport) -> str:
