@@ -202,3 +202,21 @@ def lora_effect(
 def _with_trigger(text: str, trigger: str) -> str:
     head, _, rest = text.partition(", ")
     return f"{head}, {trigger}, {rest}" if trigger else text
+
+
+def side_effect_numbers(images: Sequence[Image.Image]) -> dict[str, float]:
+    """For renders with (or without) gobuhime: share of pictures with green skin, and the green share on clothes
+    and background (the side effect), each averaged over the pictures.
+
+    Example:
+        >>> side_effect_numbers([image])["background_green"]
+        0.0
+    """
+    readings = [measure.read(image) for image in images]
+    return {
+        "skin_green": float(np.mean([r.skin == "green" for r in readings])),
+        "clothes_green": float(np.mean([measure.green_share(image, "clothes") for image in images])),
+        "background_green": float(np.mean([measure.green_share(image, "background") for image in images])),
+        "ornament": float(np.mean([r.hair_ornament for r in readings])),
+        "choker": float(np.mean([r.choker for r in readings])),
+    }
