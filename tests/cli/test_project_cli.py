@@ -140,6 +140,12 @@ def test_project_command_errors_are_one_line(assets, tmp_path, capsys):
         assert err.startswith("lbw: error: ") and message in err and err.count("\n") == 1, err
     assert run(["project", "set", "Face", "--workspace", str(ws), "--prompt", "1girl", "--mode", "add"]) == 0
     assert "saved project Face (version 3)" in capsys.readouterr().out
+    assert run(["project", "set", "Face", "--workspace", str(ws), "--archive"]) == 0
+    capsys.readouterr()
+    assert run(["project", "list", "--workspace", str(ws)]) == 0
+    assert capsys.readouterr().out.startswith("no projects")
+    assert run(["project", "list", "--all", "--workspace", str(ws)]) == 0
+    assert capsys.readouterr().out.startswith("Face: open: 26 of 26 blocks unfixed")
 
 
 def test_empty_prompt_is_refused_before_rendering(assets, tmp_path, capsys):

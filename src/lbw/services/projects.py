@@ -431,11 +431,11 @@ def analysis_table(
 
 
 def project_log(store: Store, name: str) -> list[LogEntry]:
-    """Iterations and decisions, oldest first, one line each."""
+    """Iterations (at the time they were recorded) and decisions, oldest first, one line each."""
     with store.read() as con:
         record = db.project_by_name(con, name)
         entries = [
-            LogEntry(it.created, "iteration", it.number,
+            LogEntry(it.finished or it.created, "iteration", it.number,
                      f"iteration {it.number}: {it.kind}, {it.cell_count} cells, from {it.sheet_before.status()}")
             for it in db.iteration_records(con, record.id)
         ]

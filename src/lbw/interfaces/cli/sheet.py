@@ -290,7 +290,7 @@ WorkspaceOption = typer.Option(Path("lbw-workspace"), "--workspace", envvar="LBW
 
 def fix_command(
     items: list[str] = typer.Argument(
-        ..., metavar="[FILE] BLOCKS...", help="Sheet file, then IDs to fix, optionally with a value: IN01=0 OUT06 "
+        ..., metavar="ITEMS", help="Sheet file, then IDs to fix, optionally with a value: IN01=0 OUT06 "
         "(or all). With --project: IDs, ID=VALUE or cell labels such as SubIN05_0."
     ),
     project: str | None = ProjectOption,
@@ -299,7 +299,7 @@ def fix_command(
     workspace: Path = WorkspaceOption,
 ) -> None:
     """Fix blocks (and set their values when given as ID=VALUE); with --project a cell label takes that cell's
-    value (``--keep``: the base value)."""
+    value (--keep: the base value)."""
     if project is not None:
         _fix_project(project, workspace, items, value, keep)
         return
@@ -314,7 +314,7 @@ def fix_command(
 
 
 def unfix_command(
-    items: list[str] = typer.Argument(..., metavar="[FILE] BLOCKS...", help="Sheet file, then IDs to unfix (or all)."),
+    items: list[str] = typer.Argument(..., metavar="ITEMS", help="Sheet file, then IDs to unfix (or all)."),
     project: str | None = ProjectOption,
     workspace: Path = WorkspaceOption,
 ) -> None:
