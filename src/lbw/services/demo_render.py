@@ -78,3 +78,32 @@ def build_demo_assets(folder: Path) -> tuple[Path, Path]:
     if not lora.is_file():
         write_tiny_lora(lora)
     return model, lora
+
+
+# The built-in world (lbw.world): a face box of its 64x64 pictures, and the demo's prompt and settings.
+FACE_REGION = "0.33,0.2,0.67,0.6"
+WORLD_PROMPT = "1girl, gobuhime, blonde hair, blue dress, white background"
+
+
+def world_settings(seeds: tuple[int, ...] = (1,)) -> Settings:
+    """The world's sampling settings (``lbw.world.evaluate.WORLD_SETTINGS``) with the demo's prompt."""
+    from lbw.world.evaluate import WORLD_SETTINGS
+
+    return Settings(
+        prompt=WORLD_PROMPT,
+        negative_prompt=WORLD_SETTINGS.negative_prompt,
+        steps=WORLD_SETTINGS.steps,
+        cfg=WORLD_SETTINGS.cfg,
+        sampler=WORLD_SETTINGS.sampler,
+        width=WORLD_SETTINGS.size,
+        height=WORLD_SETTINGS.size,
+        clip_skip=1,
+        seeds=seeds,
+    )
+
+
+def world_demo_assets() -> tuple[Path, Path]:
+    """The shipped world model folder and its gobuhime LoRA (read in place, never written)."""
+    from lbw.world import assets
+
+    return assets.model_folder(), assets.lora_path("gobuhime")

@@ -1,0 +1,39 @@
+"""The shipped world weights: every file matches the manifest, the model loads, the LoRAs are kohya LoCon files."""
+
+from __future__ import annotations
+
+from lbw.files.lora_file import LoraFile
+from lbw.world import assets
+
+
+def test_shipped_files_match_the_manifest() -> None:
+    assert assets.shipped()
+    assert assets.check_manifest() == []
+    manifest = assets.read_manifest()
+    total = sum(entry["size"] for entry in manifest["files"].values())
+    assert total <= 25 * 1024 * 1024
+    for key in ("generator_version", "training", "seconds"):
+        assert key in manifest
+
+
+def test_a_changed_file_is_caught(tmp_path) -> None:
+    import shutil
+
+    copy = tmp_path / "weights"
+    shutil.copytree(assets.weights_folder(), copy)
+    target = copy / "loras" / "gobuhime.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    (copy / "stray.txt").write_text("x")
+    problems = assets.check_manifest(copy)
+    assert any("gobuhime.safetensors: sha256" in p for p in problems)
+    assert any("stray.txt: not in the manifest" in p for p in problems)
+
+
+def test_the_loras_map_to_all_26_blocks() -> None:
+    for name in assets.LORAS:
+        with LoraFile.open(assets.lora_path(name)) as lora:
+            blocks = {module.block for module in lora.modules}
+            assert len([b for b in blocks if b is not None]) == 26, name
+            assert lora.metadata["ss_network_module"] == "networks.lora"
