@@ -62,7 +62,8 @@ def bake_command(
 ) -> None:
     """Apply block weights to a LoRA exactly: at multiplier 1 the output does what the weights did."""
     from lbw.files.lora_file import LoraFile
-    from lbw.services.bake import BakeOptions, bake_file, check_destination
+    from lbw.services.bake import BakeOptions, bake_file
+    from lbw.services.outputs import check_destination
     from lbw.services.resolve import load_weights, resolve_for_file
 
     if dora not in ("refuse", "dense"):
