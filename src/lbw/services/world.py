@@ -99,12 +99,13 @@ def _append_times(work: Path, times: dict[str, float]) -> None:
 def load_world_pipeline(model: Path, *, threads: int = 1) -> Any:
     """The world model as a diffusers pipeline on CPU (float32), progress bars off."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from lbw.render.tiny import quiet_logs
 
+    quiet_logs()  # before the pipeline import: transformers warns at import time
+    from diffusers import StableDiffusionPipeline
+
     torch.set_num_threads(threads)
-    quiet_logs()
     if not (model / "model_index.json").is_file():
         raise LbwError("not a diffusers model folder (no model_index.json)", where=str(model))
     pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, requires_safety_checker=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -107,31 +106,17 @@ def run_render_demo(out: Path, device: str, threads: int = 1) -> None:
             on_stage=lambda text: progress.print(f"[bold]lbw demo[/]: {markup(text)}"),
         )
     baked, check = result.baked, result.verification
-    print(f"model: {shown(result.model)}  (the built-in world: SD1.5 architecture, trained on this machine)")
+    print(f"model: {shown(result.model)}  (tiny SD1.5 layout, random weights)")
     print(f"LoRA:  {shown(result.lora)}")
     print_eba(result.eba)
     print("Sub grid of the suggested sheet:")
     print_plot(result.sub)
-    if result.story is not None:
-        print_story(result)
     verdict = "verified" if check.passed else "VERIFICATION FAILED"
     print(f"baked: {shown(baked.written.path)} ({verdict}: max relative error {check.max_error:.3g}, "
           f"tolerance {check.tolerance:g}; {baked.modules_out} of {baked.modules_in} modules kept)")
     err.print(f"lbw demo: done in {time.perf_counter() - started:.1f} s")
     if not check.passed:
         raise typer.Exit(1)
-
-
-def print_story(result: Any) -> None:
-    """The tutorial's story in numbers: the face kept, the green outside it before and after."""
-    from lbw.interfaces.cli.render import print_plot
-
-    print("The side effect (share of pixels nearer the LoRA's green than their own palette), same seeds:")
-    print(f"  {'cell':<10} {'green skin':>10} {'clothes':>8} {'background':>10} {'ornament':>8} {'choker':>7}")
-    for label, row in result.numbers.items():
-        print(f"  {label:<10} {row['skin_green']:>10.0%} {row['clothes_green']:>8.0%} {row['background_green']:>10.0%}"
-              f" {row['ornament']:>8.0%} {row['choker']:>7.0%}")
-    print_plot(result.story)
 
 
 def register(app: typer.Typer) -> None:
