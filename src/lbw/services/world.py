@@ -135,3 +135,51 @@ def evaluate_world(
                                               progress=progress)
     result["seconds"] = time.monotonic() - began
     return result
+
+
+def package_world(work: Path, dest: Path, *, fp16: bool = True) -> Path:
+    """The trained model (``work/model``, optionally stored in float16) and LoRAs into ``dest``, with a manifest:
+    the training plan, each stage's wall time and loss curve summary, and the generator version."""
+    import shutil
+    import tempfile
+
+    from lbw.world import assets, generator
+
+    model = work / "model"
+    if not (model / "model_index.json").is_file():
+        raise LbwError("no exported model here; run `lbw world train` to the end first", where=str(model))
+    loras = {name: work / f"{name}.safetensors" for name in assets.LORAS}
+    missing = [str(path) for path in loras.values() if not path.is_file()]
+    if missing:
+        raise LbwError(f"LoRA not trained yet: {', '.join(missing)}")
+    with tempfile.TemporaryDirectory(prefix="lbw-world-pack-") as scratch:
+        source = model
+        if fp16:
+            source = Path(scratch) / "model"
+            pipe = load_world_pipeline(model)
+            import torch
+
+            for part in (pipe.unet, pipe.text_encoder, pipe.vae):
+                part.to(torch.float16)
+            pipe.save_pretrained(str(source), safe_serialization=True)
+            shutil.rmtree(source / "feature_extractor", ignore_errors=True)
+        info = {
+            "generator_version": generator.GENERATOR_VERSION,
+            "training": json.loads((work / "plan.json").read_text(encoding="utf-8")),
+            "seconds": _stage_seconds(work),
+            "weights_dtype": "float16" if fp16 else "float32",
+        }
+        return assets.package(source, loras, info, dest)
+
+
+def _stage_seconds(work: Path) -> dict[str, float]:
+    """Wall seconds of each trained stage, from its loss log (the last entry's clock, resumes included)."""
+    out: dict[str, float] = {}
+    for name, folder in (("vae", work / "vae"), ("base", work / "base"),
+                         ("gobuhime", work / "lora-gobuhime"), ("sailor", work / "lora-sailor")):
+        log = folder / "loss.jsonl"
+        if log.is_file():
+            lines = log.read_text(encoding="utf-8").splitlines()
+            if lines:
+                out[name] = float(json.loads(lines[-1])["seconds"])
+    return out

@@ -25,6 +25,7 @@ def register(app: typer.Typer) -> None:
     world.command("draw")(draw_command)
     world.command("train")(train_command)
     world.command("evaluate")(evaluate_command)
+    world.command("package")(package_command)
     app.add_typer(world, name="world")
 
 
@@ -142,3 +143,18 @@ def evaluate_command(
     print(f"{report['seconds']:.0f} s")
     if out is not None:
         write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+
+
+def package_command(
+    work: Path = typer.Option(DEFAULT_WORK, "--work", help="The training folder (with model/ and the LoRA files)."),
+    dest: Path | None = typer.Option(None, "--dest", help="Where to write (default: the package's weights folder)."),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help="Store the model's weights in float16 (half the size)."),
+) -> None:
+    """Copy a finished training into the package's weights folder, with a manifest (sizes, sha256, config)."""
+    from lbw.services.world import package_world
+    from lbw.world import assets
+
+    folder = package_world(work, dest or assets.weights_folder(), fp16=fp16)
+    manifest = assets.read_manifest(folder)
+    total = sum(entry["size"] for entry in manifest["files"].values())
+    print(f"packaged {len(manifest['files'])} files, {total / 2**20:.1f} MiB, into {folder}")
