@@ -121,18 +121,21 @@ def evaluate_world(
     lora: Path | None = None,
     threads: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    settings: Any = None,
+    validation: bool = False,
 ) -> dict[str, Any]:
     """Caption control of ``model`` (and, with ``lora``, that LoRA's effect and side effect)."""
     from lbw.world import evaluate
 
+    settings = settings or evaluate.WORLD_SETTINGS
     pipe = load_world_pipeline(model, threads=threads)
     began = time.monotonic()
     result: dict[str, Any] = {"model": str(model)}
     result["caption_control"] = evaluate.caption_control(pipe, combinations=combinations, seeds=seeds,
-                                                         progress=progress)
+                                                         settings=settings, progress=progress, validation=validation)
     if lora is not None:
         result["lora"] = evaluate.lora_effect(pipe, str(lora), combinations=max(combinations // 2, 10), seeds=seeds,
-                                              progress=progress)
+                                              settings=settings, progress=progress)
     result["seconds"] = time.monotonic() - began
     return result
 

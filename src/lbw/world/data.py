@@ -79,3 +79,14 @@ def held_out_prompts(count: int, seed: int) -> list[Attributes]:
         if is_held_out(attrs):
             found.setdefault(attrs, None)
     return list(found)
+
+
+def validation_prompts(count: int, seed: int) -> list[Attributes]:
+    """``count`` distinct combinations of training triples (for choosing sampling settings, never the held-out ones)."""
+    rng = np.random.default_rng([seed, 0x7A11])
+    found: dict[Attributes, None] = {}
+    while len(found) < count:
+        attrs = generator.sample_attributes(rng)
+        if not is_held_out(attrs):
+            found.setdefault(attrs, None)
+    return list(found)

@@ -82,9 +82,17 @@ def caption_control(
     seeds: Sequence[int] = (0, 1),
     settings: SamplingSettings = WORLD_SETTINGS,
     progress: Callable[[int, int], None] | None = None,
+    validation: bool = False,
 ) -> dict[str, Any]:
-    """Region colour agreement with held-out captions (see the module docstring)."""
-    prompts = data.held_out_prompts(combinations, EVALUATION_SEED)
+    """Region colour agreement with held-out captions (see the module docstring).
+
+    ``validation`` asks for training combinations instead (new seeds): what sampling settings are chosen on, so
+    the held-out figures are never tuned on.
+    """
+    if validation:
+        prompts = data.validation_prompts(combinations, EVALUATION_SEED + 7)
+    else:
+        prompts = data.held_out_prompts(combinations, EVALUATION_SEED)
     images = render_captions(pipeline, [caption(a) for a in prompts], seeds, settings, progress=progress)
     regions = ("hair", "skin", "clothes", "background")
     hits = dict.fromkeys(regions, 0)
@@ -112,6 +120,7 @@ def caption_control(
         "identity_found_when_asked": {k: (v[0] / v[1] if v[1] else None) for k, v in parts.items()},
         "failures": failures[:40],
         "settings": vars(settings),
+        "prompts": "validation (training combinations)" if validation else "held-out combinations",
     }
 
 

@@ -115,6 +115,10 @@ def evaluate_command(
     seeds: str = typer.Option("0,1", "--seeds", help="Comma-separated seeds per combination."),
     out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON here."),
     threads: int = typer.Option(1, "--threads", min=1),
+    steps: int | None = typer.Option(None, "--steps", min=1, max=200, help="Sampling steps (default: the world's)."),
+    cfg: float | None = typer.Option(None, "--cfg", min=0.0, max=30.0, help="Guidance scale (default: the world's)."),
+    validation: bool = typer.Option(False, "--validation", help="Training combinations at new seeds instead of "
+                                    "held-out ones (for choosing settings without touching the test set)."),
 ) -> None:
     """Measure caption control on held-out combinations (and a LoRA's effect), print the figures."""
     from lbw.errors import LbwError
@@ -127,9 +131,16 @@ def evaluate_command(
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
     except ValueError:
         raise LbwError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
-    report = evaluate_world(folder, combinations=combinations, seeds=seed_list, lora=lora, threads=threads)
+    from dataclasses import replace
+
+    from lbw.world.evaluate import WORLD_SETTINGS
+
+    settings = replace(WORLD_SETTINGS, **{k: v for k, v in (("steps", steps), ("cfg", cfg)) if v is not None})
+    report = evaluate_world(folder, combinations=combinations, seeds=seed_list, lora=lora, threads=threads,
+                            settings=settings, validation=validation)
     control = report["caption_control"]
-    print(f"caption control on {control['images']} images ({control['combinations']} held-out combinations x "
+    kind = "training (validation)" if validation else "held-out"
+    print(f"caption control on {control['images']} images ({control['combinations']} {kind} combinations x "
           f"{len(seed_list)} seeds): {control['overall']:.1%} of regions match")
     for region, share in control["per_region"].items():
         print(f"  {region:<11} {share:.1%}")
