@@ -104,6 +104,7 @@ def _backend(options: dict[str, Any]) -> Any:
             batch_size=options["batch_size"],
             model_config=options["model_config"],
             dtype=options["dtype"],
+            lora_mode=options["lora_mode"] or "batched",
         )
     limits = {key: options[key] for key in ("timeout", "connect_timeout", "deadline") if options[key] is not None}
     if name == "a1111":
@@ -151,7 +152,8 @@ _PROJECT_SETTING_OPTIONS = {
     "url": "--url", "a1111_mode": "--a1111-mode", "cache": "--cache",
 }
 # Options that belong to the machine, passed to the project's backend.
-_MACHINE_OPTIONS = ("device", "batch_size", "model_config", "dtype", "timeout", "connect_timeout", "deadline")
+_MACHINE_OPTIONS = ("device", "batch_size", "model_config", "dtype", "lora_mode", "timeout", "connect_timeout",
+                    "deadline")
 
 
 def _project_run(options: dict[str, Any], given: dict[str, Any], run: Callable[..., Any]) -> Any:
@@ -321,7 +323,11 @@ _SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("cache", Path | None, typer.Option(None, "--cache", help="Cache folder (default OUT/cache).")),
     ("device", str, typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda, cuda:N.")),
     ("dtype", str | None, typer.Option(None, "--dtype", help="fp32, fp16 or bf16 (default fp16 on CUDA).")),
-    ("batch_size", int, typer.Option(4, "--batch-size", help="Seeds per batch (halved if memory runs out).")),
+    ("batch_size", int | None, typer.Option(None, "--batch-size", help="diffusers: images per batch (default: "
+                                            "from free memory; halved if memory runs out).")),
+    ("lora_mode", str | None, typer.Option(None, "--lora-mode", help="diffusers: batched (default: LoRAs applied "
+                                           "per batch element, weights untouched, cells share batches) or merge "
+                                           "(weights rewritten per cell).")),
     ("threads", int | None, typer.Option(None, "--threads", help="CPU threads for torch.")),
     ("url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188 by default).")),
     ("a1111_mode", str | None, typer.Option(None, "--a1111-mode", help="presets (always-on args, default), inline "
