@@ -115,6 +115,31 @@ def _backend(options: dict[str, Any]) -> Any:
     return make_backend(name)
 
 
+def _recorded_backend(plan: Plan, options: dict[str, Any]) -> dict[str, Any]:
+    """The options with the backend a saved plan recorded, unless ``--backend`` names one: a re-run repeats the
+    plan's backend, server URL and a1111 mode (each unless given on the command line)."""
+    recorded = plan.backend
+    if recorded is None or options["backend"] not in (None, recorded.name):
+        return options
+    merged = dict(options, backend=recorded.name)
+    if merged["url"] is None:
+        merged["url"] = recorded.url
+    if merged["a1111_mode"] is None:
+        merged["a1111_mode"] = recorded.mode
+    return merged
+
+
+def _backend_spec(options: dict[str, Any]) -> Any:
+    """What a plan records of the backend it is rendered with (the URL without credentials or query)."""
+    from lbw.render.plan import BackendSpec, public_url
+
+    name = options["backend"] or "diffusers"
+    if name == "diffusers":
+        return BackendSpec(name)
+    url = options["url"] or {"a1111": "http://127.0.0.1:7860", "comfyui": "http://127.0.0.1:8188"}[name]
+    return BackendSpec(name, public_url(url), (options["a1111_mode"] or "presets") if name == "a1111" else None)
+
+
 def _threads(options: dict[str, Any]) -> None:
     if options["threads"] is not None:
         import torch
@@ -123,12 +148,17 @@ def _threads(options: dict[str, Any]) -> None:
 
 
 def _render(plan: Plan, options: dict[str, Any], out: Path, *, force: bool = False) -> Any:
-    """Render ``plan`` with progress bars; on Ctrl-C say (in the one ``interrupted`` line) what is kept."""
+    """Render ``plan`` with progress bars; on Ctrl-C say (in the one ``interrupted`` line) what is kept. The plan
+    records the backend it is rendered with (``plan.json``, the grid PNG)."""
+    from dataclasses import replace
+
     from lbw.render.plan import require_prompt
     from lbw.services.plot import plot
 
     require_prompt(plan.settings.prompt, options["allow_empty_prompt"])
+    options = _recorded_backend(plan, options)
     engine = _backend(options)
+    plan = replace(plan, backend=_backend_spec(options))
     cache = options["cache"] or out / "cache"
     progress = RenderProgress("cells")
     try:

@@ -40,8 +40,8 @@ _PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 _PICKLES = (".ckpt", ".pt", ".pth", ".bin")
 _DTYPES = ("fp32", "fp16", "bf16")
 LORA_MODES = ("batched", "merge")
-# Images per batch at most when batch_size is automatic (CPU: larger batches do not run faster per image).
-MAX_BATCH = {"cpu": 16, "cuda": 64}
+# Images per batch at most when batch_size is automatic (free memory usually allows fewer on full-size models).
+MAX_BATCH = 64
 # Bytes of activations per image per latent pixel per channel of the UNet's first block, measured on the full
 # SD1.5 shape (CFG included; see docs/render.md "Memory"); half of the free memory is planned for them.
 ACTIVATION_BYTES_PER_UNIT = 160
@@ -129,8 +129,28 @@ def load_pipeline(
         from lbw.render.backends.single_file import check_complete
 
         check_complete(path, pipe)  # diffusers leaves parameters the file lacks at random values
+    check_tokenizers(pipe, path if path.is_dir() else config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def check_tokenizers(pipe: Any, folder: Path | None) -> None:
+    """Each tokenizer pads prompts to ``model_max_length`` tokens: more than its text encoder has positions would
+    fail inside the encoder (an index error, or a huge allocation when the config leaves the length unset)."""
+    for suffix in ("", "_2"):
+        tokenizer = getattr(pipe, f"tokenizer{suffix}", None)
+        encoder = getattr(pipe, f"text_encoder{suffix}", None)
+        if tokenizer is None or encoder is None:
+            continue
+        length = getattr(tokenizer, "model_max_length", None)
+        positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+        if isinstance(length, int) and isinstance(positions, int) and length > positions:
+            shown = f"{length}" if length < 10**9 else "unset (a huge default)"
+            raise RenderError(
+                f"tokenizer{suffix}/tokenizer_config.json: model_max_length is {shown} but text_encoder{suffix} has "
+                f"{positions} positions; set \"model_max_length\": {positions}",
+                where=str(folder) if folder is not None else None,
+            )
 
 
 class DiffusersBackend:
@@ -253,8 +273,7 @@ class DiffusersBackend:
         """``batch_size`` when given, else what the free memory holds (at least 1, at most ``MAX_BATCH``)."""
         if self.batch_size is not None:
             return self.batch_size
-        kind = self._device.type
-        cap = MAX_BATCH.get(kind, MAX_BATCH["cpu"])
+        cap = MAX_BATCH
         free = free_memory(self._device)
         if free is None:
             return min(4, cap)
@@ -264,6 +283,23 @@ class DiffusersBackend:
         latent_pixels = max(settings.width // 8, 1) * max(settings.height // 8, 1)
         per_image = ACTIVATION_BYTES_PER_UNIT * latent_pixels * channels * element
         return max(1, min(cap, int(free // 2 // max(per_image, 1))))
+
+    def latents(self, plan: Plan, jobs: Sequence[Job]) -> Any:
+        """The final latents of ``jobs`` (before the VAE) as one tensor, rendered in one batch (batched mode) or
+        one cell at a time (merge mode): for exactness measurements (``benchmarks/bench_batched.py``)."""
+        import torch
+
+        self.prepare(plan)
+        self._load(self._model_for(plan, jobs[0]))
+        if self.lora_mode == "batched":
+            return self._generate(plan, [lora_states(plan, job) for job in jobs], [job.seed for job in jobs], "",
+                                  None, output_type="latent")
+        found = []
+        for job in jobs:
+            states = lora_states(plan, job)
+            self._patcher.apply(states)
+            found.append(self._generate(plan, [states], [job.seed], "", None, output_type="latent"))
+        return torch.cat(found)
 
     def close(self) -> None:
         """Drop the pipeline and the LoRA views."""
@@ -351,9 +387,10 @@ class DiffusersBackend:
         seeds: Sequence[int],
         label: str,
         on_step: StepCallback | None,
-    ) -> list[Image.Image]:
+        output_type: str = "pil",
+    ) -> Any:
         """One image per seed; ``elements[b]``: the LoRA states of batch element b (merge mode: all the same, and
-        already applied to the weights)."""
+        already applied to the weights). ``output_type="latent"``: the final latents as a tensor instead."""
         import torch
 
         settings = plan.settings
@@ -379,9 +416,11 @@ class DiffusersBackend:
                 width=settings.width,
                 height=settings.height,
                 generator=generators,
-                output_type="pil",
+                output_type=output_type,
                 callback_on_step_end=step_end,
             )
+        if output_type != "pil":
+            return output.images
         return [image.convert("RGB") for image in output.images]
 
     def _attached(self) -> Any:

@@ -74,7 +74,7 @@ def apply_weight(layer: Any, op: str, x: torch.Tensor, weight: torch.Tensor) -> 
                        layer.sparse)
 
 
-def _rows(values: torch.Tensor, count: int) -> torch.Tensor:
+def rows_for(values: torch.Tensor, count: int) -> torch.Tensor:
     """Per-element values [n, ...] for a batch of ``count`` (n == 1 broadcasts; count = k·n repeats, as CFG)."""
     n = values.shape[0]
     if n == 1 or n == count:
@@ -85,14 +85,16 @@ def _rows(values: torch.Tensor, count: int) -> torch.Tensor:
     return values.repeat(count // n, *([1] * (values.dim() - 1)))
 
 
-def per_element(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[n] factors shaped to multiply ``like`` [N, ...] element by element."""
-    return _rows(values, like.shape[0]).reshape(-1, *([1] * (like.dim() - 1)))
+def scaled(tensor: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
+    """``tensor`` [N, ...] times a per-element ``factor`` ([N] or [1]; None: unchanged)."""
+    if factor is None:
+        return tensor
+    return tensor * factor.reshape(-1, *([1] * (tensor.dim() - 1)))
 
 
 def per_channel(values: torch.Tensor, like: torch.Tensor, op: str) -> torch.Tensor:
     """[n, C] per-element channel vectors shaped for ``like``: channels last (linear, LayerNorm) or at dim 1."""
-    rows = _rows(values, like.shape[0])
+    rows = rows_for(values, like.shape[0])
     if op in (_LINEAR, _LAYER_NORM):
         return rows.reshape(rows.shape[0], *([1] * (like.dim() - 2)), rows.shape[1])
     return rows.reshape(rows.shape[0], rows.shape[1], *([1] * (like.dim() - 2)))
@@ -102,10 +104,15 @@ def per_channel(values: torch.Tensor, like: torch.Tensor, op: str) -> torch.Tens
 
 
 class Delta:
-    """ΔW·x at multiplier 1 (α/r included), without bias."""
+    """ΔW·(f_b·x_b) for a per-element factor f ([N] or [1]; None: 1), α/r included, without bias. ΔW is linear,
+    so each form applies f where its tensor is smallest (the rank-r hidden of a low-rank form)."""
 
-    def __call__(self, layer: Any, op: str, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: Any, op: str, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def add_to(self, y: torch.Tensor, layer: Any, op: str, x: torch.Tensor, factor: torch.Tensor | None) -> None:
+        """y += ΔW·(f·x), in place (``y``: the layer's fresh output)."""
+        y.add_(self(layer, op, x, factor))
 
     def tensors(self) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -117,8 +124,8 @@ class _Dense(Delta):
 
     weight: torch.Tensor
 
-    def __call__(self, layer: Any, op: str, x: torch.Tensor) -> torch.Tensor:
-        return apply_weight(layer, op, x, self.weight)
+    def __call__(self, layer: Any, op: str, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        return scaled(apply_weight(layer, op, x, self.weight), factor)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.weight]
@@ -132,11 +139,23 @@ class _LowRank(Delta):
     down: torch.Tensor  # linear [r, in]; conv [r, in, kh, kw]
     up: torch.Tensor  # [out, r] (scale folded in)
 
-    def __call__(self, layer: Any, op: str, x: torch.Tensor) -> torch.Tensor:
-        hidden = apply_weight(layer, op, x, self.down)
+    def __call__(self, layer: Any, op: str, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = scaled(apply_weight(layer, op, x, self.down), factor)
         if op == _LINEAR:
             return F.linear(hidden, self.up)
         return F.conv2d(hidden, self.up[:, :, None, None])
+
+    def add_to(self, y: torch.Tensor, layer: Any, op: str, x: torch.Tensor, factor: torch.Tensor | None) -> None:
+        """The up product fused with the addition (one ``addmm_``/``baddbmm_`` instead of a product and a sum)."""
+        hidden = scaled(apply_weight(layer, op, x, self.down), factor)
+        out, rank = self.up.shape
+        if not (y.is_contiguous() and hidden.is_contiguous()) or (op != _LINEAR and y.dim() != 4):
+            y.add_(F.linear(hidden, self.up) if op == _LINEAR else F.conv2d(hidden, self.up[:, :, None, None]))
+        elif op == _LINEAR:
+            y.view(-1, out).addmm_(hidden.view(-1, rank), self.up.T)
+        else:
+            count = y.shape[0]
+            y.view(count, out, -1).baddbmm_(self.up.expand(count, out, rank), hidden.view(count, rank, -1))
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.down, self.up]
@@ -150,8 +169,9 @@ class _PointwiseThenKernel(Delta):
     down: torch.Tensor
     kernel: torch.Tensor
 
-    def __call__(self, layer: Any, op: str, x: torch.Tensor) -> torch.Tensor:
-        return layer._conv_forward(F.conv2d(x, self.down[:, :, None, None]), self.kernel, None)
+    def __call__(self, layer: Any, op: str, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = scaled(F.conv2d(x, self.down[:, :, None, None]), factor)
+        return layer._conv_forward(hidden, self.kernel, None)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.down, self.kernel]
@@ -167,8 +187,9 @@ class _Kron(Delta):
     c: int
     d: int
 
-    def __call__(self, layer: Any, op: str, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: Any, op: str, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
         a, b = self.w1.shape
+        x = scaled(x, factor)
         if op == _LINEAR:
             z = self.w2(layer, op, x.reshape(*x.shape[:-1], b, self.d))  # [..., b, c]
             return torch.matmul(self.w1, z).reshape(*x.shape[:-1], a * self.c)
@@ -218,6 +239,12 @@ class Part:
     out_scale: torch.Tensor | None = None  # IA3 on output rows: [out]
     affine: tuple[torch.Tensor, torch.Tensor | None] | None = None  # norm layers: (Δweight [C], Δbias [C])
     dora: _Dora | None = None  # with ``delta`` = the LoRA path
+
+    @property
+    def additive_only(self) -> bool:
+        """True when the part only adds Δ(x) (no gains, no bias delta, no norm terms)."""
+        return self.delta is not None and self.dora is None and self.bias is None and self.in_scale is None \
+            and self.out_scale is None and self.affine is None
 
     def tensors(self) -> list[torch.Tensor]:
         found = [] if self.delta is None else self.delta.tensors()

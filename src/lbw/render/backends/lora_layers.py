@@ -46,7 +46,7 @@ from lbw.render.backends.lora_forms import (
     build_part,
     layer_op,
     per_channel,
-    per_element,
+    rows_for,
 )
 from lbw.render.backends.lora_patch import matched_layers, module_errors
 from lbw.render.backends.module_index import pipeline_module_index
@@ -62,13 +62,20 @@ class _Factors:
         self.products = tuple(m * r for m, r in zip(self.strengths, self.ratios, strict=True))
         self.zero = all(s == 0 for s in self.products)
         self.no_strength = all(m == 0 for m in self.strengths)
-        self._tensors: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+        self._tensors: dict[tuple[str, int, torch.dtype, torch.device], torch.Tensor] = {}
 
     def tensor(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``products``, ``strengths`` or ``ratios`` as an [n] tensor (cached per dtype and device)."""
-        key = (name, dtype, device)
+        key = (name, 0, dtype, device)
         if key not in self._tensors:
             self._tensors[key] = torch.tensor(getattr(self, name), dtype=dtype, device=device)
+        return self._tensors[key]
+
+    def expanded(self, name: str, count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``tensor(name)`` for a batch of ``count`` ([1] stays [1]; CFG's 2n repeats the n factors; cached)."""
+        key = (name, count, dtype, device)
+        if key not in self._tensors:
+            self._tensors[key] = rows_for(self.tensor(name, dtype, device), count)
         return self._tensors[key]
 
 
@@ -103,20 +110,28 @@ class _Layer:
     def forward(self, original: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any,
                 **kwargs: Any) -> torch.Tensor:
         active = []
+        additive_only = True
         for part in self.parts:
             factors = self.engine.factors(part.key)
             if factors is None or (factors.no_strength if part.dora is not None else factors.zero):
                 continue
             active.append((part, factors))
+            additive_only = additive_only and part.additive_only
         if not active:
             return original(x, *args, **kwargs)
         weight = self.module.weight
-        dtype, device = weight.dtype, weight.device
+        dtype, device, count = weight.dtype, weight.device, x.shape[0]
         if self.op in NORMS:
             return self._norm_forward(x, active, dtype, device)
+        if additive_only:  # the common case: y = W0·x + Σ Δ(s_b·x), the factor applied where the tensor is smallest
+            y = original(x, *args, **kwargs)
+            for part, factors in active:
+                assert part.delta is not None
+                part.delta.add_to(y, self.module, self.op, x, factors.expanded("products", count, dtype, device))
+            return y
         in_gain: torch.Tensor | None = None  # Σ (g − 1), [n, in]
         out_gain: torch.Tensor | None = None  # Σ (h − 1), [n, out]
-        terms: list[tuple[torch.Tensor, bool, Delta, torch.Tensor | None]] = []  # (factor, per channel, Δ, in scale)
+        terms: list[tuple[Delta, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
         biases: list[tuple[torch.Tensor, torch.Tensor]] = []
         for part, factors in active:
             products = factors.tensor("products", dtype, device)
@@ -125,12 +140,12 @@ class _Layer:
                 strengths = factors.tensor("strengths", dtype, device)
                 scale = self._dora_scale(part, factors, dtype, device)  # [n, C]
                 gain = strengths[:, None] * (scale - 1)
-                if part.dora.axis == "output":
+                if part.dora.axis == "output":  # (term, per-element factor, input scale, output channel factor)
                     out_gain = gain if out_gain is None else out_gain + gain
-                    terms.append((products[:, None] * scale, True, part.delta, None))
+                    terms.append((part.delta, products, None, scale))
                 else:
                     in_gain = gain if in_gain is None else in_gain + gain
-                    terms.append((products, False, part.delta, scale))
+                    terms.append((part.delta, products, scale, None))
                 continue
             if part.in_scale is not None:
                 gain = products[:, None] * part.in_scale[None]
@@ -139,17 +154,19 @@ class _Layer:
                 gain = products[:, None] * part.out_scale[None]
                 out_gain = gain if out_gain is None else out_gain + gain
             if part.delta is not None:
-                terms.append((products, False, part.delta, None))
+                terms.append((part.delta, products, None, None))
             if part.bias is not None:
                 biases.append((products, part.bias))
         if in_gain is None and out_gain is None:
             y = original(x, *args, **kwargs)
         else:
             y = self._scaled_base(x, in_gain, out_gain)
-        for factor, channels, delta, in_scale in terms:
+        for delta, products, in_scale, out_scale in terms:
             source = x if in_scale is None else x * per_channel(in_scale, x, self.op)
-            contribution = delta(self.module, self.op, source)
-            y = y + (per_channel(factor, y, self.op) if channels else per_element(factor, y)) * contribution
+            contribution = delta(self.module, self.op, source, rows_for(products, count))
+            if out_scale is not None:
+                contribution = contribution * per_channel(out_scale, contribution, self.op)
+            y = y + contribution
         for products, bias in biases:
             y = y + per_channel(products[:, None] * bias[None], y, self.op)
         return y
