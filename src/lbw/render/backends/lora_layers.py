@@ -88,7 +88,9 @@ class _Layer:
         self.op = layer_op(module)
         self.parts: list[Part] = []
         self._saved: Any = None
-        self._dora_cache: dict[tuple[int, int], torch.Tensor] = {}
+        # id(part) -> (the factors it was made for, c(ρ_b) per element); the factors are held, so an id is never
+        # reused for other factors while the entry lives
+        self._dora_cache: dict[int, tuple[_Factors, torch.Tensor]] = {}
 
     def install(self) -> None:
         self._saved = self.module.__dict__.get("forward")
@@ -192,11 +194,11 @@ class _Layer:
     def _dora_scale(self, part: Part, factors: _Factors, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """c(ρ_b) per element [n, C] for the current batch (cached until the factors change)."""
         assert part.dora is not None
-        key = (id(part), id(factors))
-        if key not in self._dora_cache:
+        cached = self._dora_cache.get(id(part))
+        if cached is None or cached[0] is not factors:
             stacked = torch.stack([part.dora.scale(ratio) for ratio in factors.ratios])
-            self._dora_cache[key] = stacked.to(device=device, dtype=dtype)
-        return self._dora_cache[key]
+            cached = self._dora_cache[id(part)] = (factors, stacked.to(device=device, dtype=dtype))
+        return cached[1]
 
     def _norm_forward(self, x: torch.Tensor, active: list[tuple[Part, _Factors]], dtype: torch.dtype,
                       device: torch.device) -> torch.Tensor:
