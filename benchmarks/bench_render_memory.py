@@ -59,7 +59,7 @@ def child(args: argparse.Namespace) -> None:
     loaded = rss_bytes()
     pipe = SimpleNamespace(unet=unet, text_encoder=encoders[0],
                            text_encoder_2=encoders[1] if len(encoders) > 1 else None)
-    state = LoraState(1.0, 1.0, {})  # every listed block at 0 except those below
+    # a few blocks at 1 and 0.5, the others at 0 (LBW's fill): the merge engine still holds every touched layer
     state = LoraState(1.0, 1.0, {b: 1.0 for b in ("BASE", "IN01", "IN02", "M00", "OUT03", "OUT11")} | {"IN04": 0.5})
     engine = None
     factor_bytes = 0
