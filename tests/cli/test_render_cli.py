@@ -73,7 +73,7 @@ def test_ctrl_c_leaves_a_consistent_cache_and_the_run_resumes(assets, tmp_path, 
     model, lora = assets
     out = tmp_path / "eba"
     argv = ["eba", str(lora), "--model", str(model), "--blocks", "IN01,IN03,OUT00,OUT02,OUT05,OUT11", "-o", str(out),
-            *TINY]
+            "--batch-size", "1", *TINY]  # one cell per batch: the Ctrl-C lands between cells (7 fit one batch)
     code = "import sys; from lbw.interfaces.cli.app import run; sys.exit(run(sys.argv[1:]))"
     process = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)

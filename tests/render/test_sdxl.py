@@ -209,12 +209,15 @@ def _plan(folder, lora, cells, seeds=(1,)) -> Plan:
 
 
 def test_sdxl_render_end_to_end(sdxl, tmp_path):
-    """64x64, 2 steps. All-zero weights give exactly the plain SDXL pipeline with only the layers in no block
-    (time embedding, label_emb, conv_out) at W0 + ΔW, LBW's rule; the mixed vector changes the image."""
+    """64x64, 2 steps. All-zero weights give the plain SDXL pipeline with only the layers in no block
+    (time embedding, label_emb, conv_out) at W0 + ΔW, LBW's rule: exactly with merged weights, within 2 levels
+    with the batched engine (W0·x + ΔW·x rounds differently from (W0 + ΔW)·x); the mixed vector changes the image."""
     pipe, folder, lora, expected = sdxl
     plan = _plan(folder, lora, [Cell("zero", (0.0,) * 20), Cell("W", W_XL)], seeds=(3,))
-    result = run_plan(plan, DiffusersBackend(device="cpu"), tmp_path / "out")
+    result = run_plan(plan, DiffusersBackend(device="cpu", lora_mode="merge"), tmp_path / "out")
     zero, mixed = (np.asarray(result.image(job)) for job in plan.jobs())
+    batched = run_plan(plan, DiffusersBackend(device="cpu"), tmp_path / "batched")
+    zero_batched, mixed_batched = (np.asarray(batched.image(job), int) for job in plan.jobs())
     assert zero.shape == (64, 64, 3)
     tensors = load_file(str(lora))
     no_block = [(name, layer) for name, (layer, block) in expected.items() if block is None]
@@ -234,6 +237,7 @@ def test_sdxl_render_end_to_end(sdxl, tmp_path):
                 layer.weight.copy_(weight)
     assert np.array_equal(zero, np.asarray(plain.convert("RGB")))
     assert np.abs(zero.astype(int) - mixed.astype(int)).max() > 20
+    assert np.abs(zero_batched - zero).max() <= 2 and np.abs(mixed_batched - mixed).max() <= 2
 
 
 def test_sdxl_rendering_w_equals_the_lora_baked_with_w(sdxl, tmp_path):

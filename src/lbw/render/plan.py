@@ -29,6 +29,7 @@ from lbw.domain.layouts import LAYOUTS, Layout
 from lbw.domain.text import json_text
 from lbw.errors import RenderError
 from lbw.files.atomic import write_text_atomic
+from lbw.render.backends import BACKEND_NAMES
 from lbw.render.samplers import resolve_sampler
 
 PLAN_FORMAT = 1
@@ -45,6 +46,8 @@ MAX_SIDE = 8192
 MAX_CFG = 100.0
 MAX_CLIP_SKIP = 24
 MAX_THRESHOLD = 255  # 8-bit differences: above 255 nothing can count
+MAX_URL = 2048
+A1111_MODES = ("presets", "inline", "xyz")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,37 @@ class EbaSpec:
 
 
 @dataclass(frozen=True)
+class BackendSpec:
+    """The backend a plan was rendered with, so that re-running the plan (or its grid PNG) repeats it: the
+    backend's name, the server URL of the HTTP backends (``public_url``: never a user, password, query or
+    fragment) and the a1111 mode."""
+
+    name: str = "diffusers"
+    url: str | None = None
+    mode: str | None = None
+
+
+def public_url(url: str) -> str:
+    """``url`` reduced to scheme, host, port and path: what a plan may record (no credentials, no tokens).
+
+    Example:
+        >>> public_url("http://me:secret@127.0.0.1:7860/sd/?token=abc#x")
+        'http://127.0.0.1:7860/sd/'
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as error:
+        raise RenderError(f"server URL {_short(url)}: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RenderError(f"server URL {_short(url)}: expected http://HOST:PORT or https://HOST:PORT")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
+
+
+@dataclass(frozen=True)
 class Job:
     """One image to render: a cell at a seed (and an axis value)."""
 
@@ -144,6 +178,7 @@ class Plan:
     axis: Axis | None = None
     eba: EbaSpec | None = None
     name: str = "plot"
+    backend: BackendSpec | None = None
 
     def __post_init__(self) -> None:
         validate_plan(self)
@@ -249,6 +284,21 @@ def validate_plan(plan: Plan) -> None:
                 _check_number("strength axis value", value)
     if sum(1 for lora in plan.loras if lora.tuned) > 1:
         raise RenderError("only one LoRA of a plan can be tuned (the one the cells' weights apply to)")
+    if plan.backend is not None:
+        _check_backend(plan.backend)
+
+
+def _check_backend(backend: BackendSpec) -> None:
+    if backend.name not in BACKEND_NAMES:
+        raise RenderError(f"unknown backend {_short(backend.name)}; expected one of {', '.join(BACKEND_NAMES)}")
+    if backend.url is not None:
+        if backend.name == "diffusers":
+            raise RenderError("the diffusers backend takes no server URL")
+        if len(backend.url) > MAX_URL or public_url(backend.url) != backend.url:
+            raise RenderError(f"backend URL {_short(backend.url)}: expected http(s)://HOST:PORT[/PATH] without "
+                              "credentials, query or fragment")
+    if backend.mode is not None and (backend.name != "a1111" or backend.mode not in A1111_MODES):
+        raise RenderError(f"backend mode {_short(backend.mode)}: only a1111 has modes ({', '.join(A1111_MODES)})")
 
 
 # ---------------------------------------------------------------------------------------------- JSON
@@ -257,6 +307,8 @@ def validate_plan(plan: Plan) -> None:
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """The plan as JSON-ready data, with a format marker."""
     data = asdict(plan)
+    if data["backend"] is None:  # plans made before backends were recorded read the same
+        del data["backend"]
     return {"lbw_plan": PLAN_FORMAT, **data}
 
 
@@ -281,6 +333,7 @@ def plan_from_dict(data: dict[str, Any], *, where: str | None = None) -> Plan:
         cells = tuple(_read_cell(item, f"cells[{i}]") for i, item in enumerate(_get(data, "cells", list, "cells")))
         axis = _get(data, "axis", dict, "axis", None)
         eba = _get(data, "eba", dict, "eba", None)
+        backend = _get(data, "backend", dict, "backend", None)
         return Plan(
             kind=_get(data, "kind", str, "kind"),
             layout=_get(data, "layout", str, "layout"),
@@ -291,6 +344,7 @@ def plan_from_dict(data: dict[str, Any], *, where: str | None = None) -> Plan:
             axis=_read_axis(axis) if axis is not None else None,
             eba=_read_eba(eba) if eba is not None else None,
             name=_get(data, "name", str, "name", "plot"),
+            backend=_read_backend(backend) if backend is not None else None,
         )
     except RenderError as error:
         raise RenderError(error.message, where=where, position=error.position) from None
@@ -490,6 +544,15 @@ def _read_eba(data: dict[str, Any]) -> EbaSpec:
     if "blocks" in data:
         values["blocks"] = _items(data["blocks"], str, "eba.blocks")
     return EbaSpec(**values)
+
+
+def _read_backend(data: dict[str, Any]) -> BackendSpec:
+    _known(data, {f.name for f in fields(BackendSpec)}, "backend")
+    return BackendSpec(
+        name=_get(data, "name", str, "backend.name"),
+        url=_get(data, "url", str, "backend.url", None),
+        mode=_get(data, "mode", str, "backend.mode", None),
+    )
 
 
 def _check_number(what: str, value: Any, low: float | None = None, high: float | None = None,

@@ -38,7 +38,7 @@ from lbw.services.project_types import ProjectSettings
 from lbw.store.records import AnalysisRecord, CellRecord
 
 # Backend options that belong to the machine, not the project (given per render): diffusers and HTTP ones.
-DIFFUSERS_OPTIONS = ("device", "batch_size", "model_config", "dtype")
+DIFFUSERS_OPTIONS = ("device", "batch_size", "model_config", "dtype", "lora_mode")
 HTTP_OPTIONS = ("timeout", "connect_timeout", "deadline")
 DEFAULT_URLS = {"a1111": "http://127.0.0.1:7860", "comfyui": "http://127.0.0.1:8188"}
 

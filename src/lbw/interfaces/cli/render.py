@@ -104,6 +104,7 @@ def _backend(options: dict[str, Any]) -> Any:
             batch_size=options["batch_size"],
             model_config=options["model_config"],
             dtype=options["dtype"],
+            lora_mode=options["lora_mode"] or "batched",
         )
     limits = {key: options[key] for key in ("timeout", "connect_timeout", "deadline") if options[key] is not None}
     if name == "a1111":
@@ -114,6 +115,31 @@ def _backend(options: dict[str, Any]) -> Any:
     return make_backend(name)
 
 
+def _recorded_backend(plan: Plan, options: dict[str, Any]) -> dict[str, Any]:
+    """The options with the backend a saved plan recorded, unless ``--backend`` names one: a re-run repeats the
+    plan's backend, server URL and a1111 mode (each unless given on the command line)."""
+    recorded = plan.backend
+    if recorded is None or options["backend"] not in (None, recorded.name):
+        return options
+    merged = dict(options, backend=recorded.name)
+    if merged["url"] is None:
+        merged["url"] = recorded.url
+    if merged["a1111_mode"] is None:
+        merged["a1111_mode"] = recorded.mode
+    return merged
+
+
+def _backend_spec(options: dict[str, Any]) -> Any:
+    """What a plan records of the backend it is rendered with (the URL without credentials or query)."""
+    from lbw.render.plan import BackendSpec, public_url
+
+    name = options["backend"] or "diffusers"
+    if name == "diffusers":
+        return BackendSpec(name)
+    url = options["url"] or {"a1111": "http://127.0.0.1:7860", "comfyui": "http://127.0.0.1:8188"}[name]
+    return BackendSpec(name, public_url(url), (options["a1111_mode"] or "presets") if name == "a1111" else None)
+
+
 def _threads(options: dict[str, Any]) -> None:
     if options["threads"] is not None:
         import torch
@@ -122,12 +148,17 @@ def _threads(options: dict[str, Any]) -> None:
 
 
 def _render(plan: Plan, options: dict[str, Any], out: Path, *, force: bool = False) -> Any:
-    """Render ``plan`` with progress bars; on Ctrl-C say (in the one ``interrupted`` line) what is kept."""
+    """Render ``plan`` with progress bars; on Ctrl-C say (in the one ``interrupted`` line) what is kept. The plan
+    records the backend it is rendered with (``plan.json``, the grid PNG)."""
+    from dataclasses import replace
+
     from lbw.render.plan import require_prompt
     from lbw.services.plot import plot
 
     require_prompt(plan.settings.prompt, options["allow_empty_prompt"])
+    options = _recorded_backend(plan, options)
     engine = _backend(options)
+    plan = replace(plan, backend=_backend_spec(options))
     cache = options["cache"] or out / "cache"
     progress = RenderProgress("cells")
     try:
@@ -151,7 +182,8 @@ _PROJECT_SETTING_OPTIONS = {
     "url": "--url", "a1111_mode": "--a1111-mode", "cache": "--cache",
 }
 # Options that belong to the machine, passed to the project's backend.
-_MACHINE_OPTIONS = ("device", "batch_size", "model_config", "dtype", "timeout", "connect_timeout", "deadline")
+_MACHINE_OPTIONS = ("device", "batch_size", "model_config", "dtype", "lora_mode", "timeout", "connect_timeout",
+                    "deadline")
 
 
 def _project_run(options: dict[str, Any], given: dict[str, Any], run: Callable[..., Any]) -> Any:
@@ -321,7 +353,11 @@ _SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("cache", Path | None, typer.Option(None, "--cache", help="Cache folder (default OUT/cache).")),
     ("device", str, typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda, cuda:N.")),
     ("dtype", str | None, typer.Option(None, "--dtype", help="fp32, fp16 or bf16 (default fp16 on CUDA).")),
-    ("batch_size", int, typer.Option(4, "--batch-size", help="Seeds per batch (halved if memory runs out).")),
+    ("batch_size", int | None, typer.Option(None, "--batch-size", help="diffusers: images per batch (default: "
+                                            "from free memory; halved if memory runs out).")),
+    ("lora_mode", str | None, typer.Option(None, "--lora-mode", help="diffusers: batched (default: LoRAs applied "
+                                           "per batch element, weights untouched, cells share batches) or merge "
+                                           "(weights rewritten per cell).")),
     ("threads", int | None, typer.Option(None, "--threads", help="CPU threads for torch.")),
     ("url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188 by default).")),
     ("a1111_mode", str | None, typer.Option(None, "--a1111-mode", help="presets (always-on args, default), inline "

@@ -4,13 +4,17 @@
   (SD1.x/SD2.x ``StableDiffusionPipeline``, SDXL ``StableDiffusionXLPipeline``), or a single ``.safetensors``
   file through ``from_single_file`` with a local diffusers folder for the configs (``model_config``; lbw never
   downloads).
-- LoRAs are read with ``lbw.files.lora_file.LoraFile``; ΔW per module is computed once; per cell the touched
-  layers are set to W0 + Σ m·ρ·ΔW (``WeightPatcher``), only where the coefficients changed.
+- LoRAs are read with ``lbw.files.lora_file.LoraFile``. ``lora_mode="batched"`` (the default) never writes the
+  model's weights: every adapted layer computes W0·x + Σ s_b·ΔW(x) through the adapter's low-rank form with the
+  block factor s_b of each batch element (``lora_layers.BatchedLoras``), so cells that differ only in block
+  weights (an analyzer run, a Sub grid) share batches. ``lora_mode="merge"`` sets the touched layers to
+  W0 + Σ m·ρ·ΔW per cell (``WeightPatcher``: a dense ΔW and a copy of W0 per layer) and batches seeds only.
 - Prompt embeddings are cached per text-encoder state (text strength x ρ_BASE of each LoRA), so a plan whose
-  cells keep BASE fixed encodes the prompt once.
-- Jobs with the same weights are batched over seeds (``batch_size``; halved on out-of-memory, down to 1); every
-  image has its own CPU generator seeded with its seed, so a cell looks the same whichever batch it was
-  rendered in (up to float rounding).
+  cells keep BASE fixed encodes the prompt once; a batch takes each element's own embeddings.
+- ``batch_size`` None (the default) sizes batches from free memory (CUDA: the device's free memory; CPU: the
+  available RAM) and caps them (``MAX_BATCH``); every batch is halved on out-of-memory, down to 1. Every image
+  has its own CPU generator seeded with its seed, so a cell looks the same whichever batch it was rendered in
+  (up to float rounding).
 
 Example:
     >>> backend = DiffusersBackend(device="auto")
@@ -35,6 +39,12 @@ from lbw.render.weighting import LoraState, lora_states
 _PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 _PICKLES = (".ckpt", ".pt", ".pth", ".bin")
 _DTYPES = ("fp32", "fp16", "bf16")
+LORA_MODES = ("batched", "merge")
+# Images per batch at most when batch_size is automatic (free memory usually allows fewer on full-size models).
+MAX_BATCH = 64
+# Bytes of activations per image per latent pixel per channel of the UNet's first block, measured on the full
+# SD1.5 shape (CFG included; see docs/render.md "Memory"); half of the free memory is planned for them.
+ACTIVATION_BYTES_PER_UNIT = 160
 
 
 def resolve_device(device: str) -> str:
@@ -119,8 +129,28 @@ def load_pipeline(
         from lbw.render.backends.single_file import check_complete
 
         check_complete(path, pipe)  # diffusers leaves parameters the file lacks at random values
+    check_tokenizers(pipe, path if path.is_dir() else config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def check_tokenizers(pipe: Any, folder: Path | None) -> None:
+    """Each tokenizer pads prompts to ``model_max_length`` tokens: more than its text encoder has positions would
+    fail inside the encoder (an index error, or a huge allocation when the config leaves the length unset)."""
+    for suffix in ("", "_2"):
+        tokenizer = getattr(pipe, f"tokenizer{suffix}", None)
+        encoder = getattr(pipe, f"text_encoder{suffix}", None)
+        if tokenizer is None or encoder is None:
+            continue
+        length = getattr(tokenizer, "model_max_length", None)
+        positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+        if isinstance(length, int) and isinstance(positions, int) and length > positions:
+            shown = f"{length}" if length < 10**9 else "unset (a huge default)"
+            raise RenderError(
+                f"tokenizer{suffix}/tokenizer_config.json: model_max_length is {shown} but text_encoder{suffix} has "
+                f"{positions} positions; set \"model_max_length\": {positions}",
+                where=str(folder) if folder is not None else None,
+            )
 
 
 class DiffusersBackend:
@@ -132,22 +162,26 @@ class DiffusersBackend:
         self,
         *,
         device: str = "auto",
-        batch_size: int = 4,
+        batch_size: int | None = None,
         model_config: str | Path | None = None,
         dtype: str | None = None,
+        lora_mode: str = "batched",
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise RenderError(f"batch size must be >= 1, got {batch_size}")
         if dtype is not None and dtype not in _DTYPES:
             raise RenderError(f"unknown dtype {dtype!r}; expected {', '.join(_DTYPES)}")
+        if lora_mode not in LORA_MODES:
+            raise RenderError(f"unknown LoRA mode {lora_mode!r}; expected {' or '.join(LORA_MODES)}")
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        self.lora_mode = lora_mode
         self.model_config = model_config
         self.dtype_option = dtype
         self._loras: list[Any] = []
         self._pipe: Any = None
         self._pipe_model: str | None = None
-        self._patcher: Any = None
+        self._patcher: Any = None  # WeightPatcher (merge) or BatchedLoras (batched)
         self._patcher_key: tuple[str, ...] = ()
         self._scheduler_config: dict[str, Any] = {}
         self._embeddings: dict[tuple[Any, ...], Any] = {}
@@ -176,7 +210,7 @@ class DiffusersBackend:
         """Model hash (or one per checkpoint on the axis), LoRA file hashes, device type and precision."""
         models = self._models(plan)
         device = self.device
-        return {
+        identity = {
             "model": {m: hasher(Path(m)) for m in models},
             "loras": [hasher(Path(spec.path)) for spec in plan.loras if spec.path],
             "model_config": str(self.model_config) if self.model_config else None,
@@ -184,6 +218,9 @@ class DiffusersBackend:
             "device": device.split(":")[0],
             "dtype": str(_dtype(self.dtype_option, device)),
         }
+        if self.lora_mode != "batched":  # merged weights round differently: their own cells (for comparisons)
+            identity["lora_mode"] = self.lora_mode
+        return identity
 
     def job_identity(self, plan: Plan, job: Job) -> dict[str, Any]:
         """Seed, checkpoint, and per LoRA the strengths and the ratios of the blocks it has modules in."""
@@ -200,27 +237,69 @@ class DiffusersBackend:
     def render(
         self, plan: Plan, jobs: Sequence[Job], on_step: StepCallback | None = None
     ) -> Iterator[tuple[Job, Image.Image]]:
-        """Render ``jobs`` grouped by checkpoint, then by weights, in batches of seeds."""
+        """Render ``jobs`` grouped by checkpoint; batched: any cells share a batch; merge: cells with the same
+        weights share a batch (their seeds)."""
         by_model: dict[str, list[Job]] = {}
         for job in jobs:
             by_model.setdefault(self._model_for(plan, job), []).append(job)
         for model, model_jobs in by_model.items():
             self._load(model)
+            if self.lora_mode == "batched":
+                yield from self._render_batches(plan, model_jobs, on_step)
+                continue
             groups: dict[str, list[Job]] = {}
             for job in model_jobs:
                 weights = {k: v for k, v in self.job_identity(plan, job).items() if k != "seed"}
                 groups.setdefault(json.dumps(weights, sort_keys=True), []).append(job)
             for group in groups.values():
-                states = lora_states(plan, group[0])
-                self._patcher.apply(states)
-                pending = list(group)
-                while pending:
-                    batch = pending[: self.batch_size]
-                    images = self._generate_fitting(plan, states, batch, on_step)
-                    if images is None:
-                        continue  # out of memory: the batch size was halved, try again
-                    pending = pending[len(batch) :]
-                    yield from zip(batch, images, strict=True)
+                self._patcher.apply(lora_states(plan, group[0]))
+                yield from self._render_batches(plan, group, on_step)
+
+    def _render_batches(
+        self, plan: Plan, jobs: Sequence[Job], on_step: StepCallback | None
+    ) -> Iterator[tuple[Job, Image.Image]]:
+        """``jobs`` in batches of about equal size; a batch that runs out of memory is halved and retried."""
+        pending = list(jobs)
+        while pending:
+            size = batch_split(len(pending), self._batch_limit(plan))
+            batch = pending[:size]
+            images = self._generate_fitting(plan, batch, on_step)
+            if images is None:
+                continue  # out of memory: the batch size was halved, try again
+            pending = pending[len(batch) :]
+            yield from zip(batch, images, strict=True)
+
+    def _batch_limit(self, plan: Plan) -> int:
+        """``batch_size`` when given, else what the free memory holds (at least 1, at most ``MAX_BATCH``)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        cap = MAX_BATCH
+        free = free_memory(self._device)
+        if free is None:
+            return min(4, cap)
+        settings = plan.settings
+        channels = _first_channels(self._pipe)
+        element = torch_dtype_size(_dtype(self.dtype_option, self.device))
+        latent_pixels = max(settings.width // 8, 1) * max(settings.height // 8, 1)
+        per_image = ACTIVATION_BYTES_PER_UNIT * latent_pixels * channels * element
+        return max(1, min(cap, int(free // 2 // max(per_image, 1))))
+
+    def latents(self, plan: Plan, jobs: Sequence[Job]) -> Any:
+        """The final latents of ``jobs`` (before the VAE) as one tensor, rendered in one batch (batched mode) or
+        one cell at a time (merge mode): for exactness measurements (``benchmarks/bench_batched.py``)."""
+        import torch
+
+        self.prepare(plan)
+        self._load(self._model_for(plan, jobs[0]))
+        if self.lora_mode == "batched":
+            return self._generate(plan, [lora_states(plan, job) for job in jobs], [job.seed for job in jobs], "",
+                                  None, output_type="latent")
+        found = []
+        for job in jobs:
+            states = lora_states(plan, job)
+            self._patcher.apply(states)
+            found.append(self._generate(plan, [states], [job.seed], "", None, output_type="latent"))
+        return torch.cat(found)
 
     def close(self) -> None:
         """Drop the pipeline and the LoRA views."""
@@ -249,6 +328,7 @@ class DiffusersBackend:
         """Load ``model`` unless it is loaded; (re)build the weight patcher for the current LoRA files."""
         import torch
 
+        from lbw.render.backends.lora_layers import BatchedLoras
         from lbw.render.backends.lora_patch import WeightPatcher
 
         device = self.device
@@ -262,11 +342,14 @@ class DiffusersBackend:
             self.loads += 1
         lora_key = tuple(str(lora_file.path) for lora_file in self._loras)
         if self._patcher is None or self._patcher_key != lora_key:
-            if self._patcher is not None:
+            if self._patcher is not None and self.lora_mode == "merge":
                 self._patcher.restore()
             self._embeddings.clear()
             try:
-                self._patcher = WeightPatcher(self._pipe, self._loras, device=device)
+                if self.lora_mode == "merge":
+                    self._patcher = WeightPatcher(self._pipe, self._loras, device=device)
+                else:
+                    self._patcher = BatchedLoras(self._pipe, self._loras)
             except LbwError:
                 raise
             except (RuntimeError, ValueError) as error:
@@ -275,14 +358,16 @@ class DiffusersBackend:
         self._device = torch.device(device)
 
     def _generate_fitting(
-        self, plan: Plan, states: Sequence[LoraState], batch: Sequence[Job], on_step: StepCallback | None
+        self, plan: Plan, batch: Sequence[Job], on_step: StepCallback | None
     ) -> list[Image.Image] | None:
         """Render ``batch``; on out-of-memory halve ``batch_size`` and return None (the caller retries)."""
         import torch
 
         out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+        elements = [lora_states(plan, job) for job in batch]
+        label = batch[0].cell.label if len(batch) == 1 else f"{batch[0].cell.label} (+{len(batch) - 1})"
         try:
-            return self._generate(plan, states, [job.seed for job in batch], batch[0].cell.label, on_step)
+            return self._generate(plan, elements, [job.seed for job in batch], label, on_step)
         except out_of_memory:
             if len(batch) == 1:
                 size = f"{plan.settings.width}x{plan.settings.height}"
@@ -298,20 +383,20 @@ class DiffusersBackend:
     def _generate(
         self,
         plan: Plan,
-        states: Sequence[LoraState],
+        elements: Sequence[Sequence[LoraState]],
         seeds: Sequence[int],
         label: str,
         on_step: StepCallback | None,
-    ) -> list[Image.Image]:
+        output_type: str = "pil",
+    ) -> Any:
+        """One image per seed; ``elements[b]``: the LoRA states of batch element b (merge mode: all the same, and
+        already applied to the weights). ``output_type="latent"``: the final latents as a tensor instead."""
         import torch
 
         settings = plan.settings
         pipe = self._pipe
         sampler = resolve_sampler(settings.sampler, settings.scheduler)
         pipe.scheduler = diffusers_scheduler(sampler, self._scheduler_config)
-        embeds = self._embeds(plan, states)
-        count = len(seeds)
-        kwargs = {name: tensor.repeat(count, *([1] * (tensor.dim() - 1))) for name, tensor in embeds.items()}
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
 
         def step_end(_pipe: Any, step: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +404,11 @@ class DiffusersBackend:
                 on_step((step + 1) / settings.steps, label)
             return callback_kwargs
 
-        with torch.inference_mode():
+        with self._attached(), torch.inference_mode():
+            per_element = [self._embeds(plan, states) for states in elements]
+            kwargs = {name: torch.cat([embeds[name] for embeds in per_element]) for name in per_element[0]}
+            if self.lora_mode == "batched":
+                self._patcher.set_states(elements)
             output = pipe(
                 **kwargs,
                 num_inference_steps=settings.steps,
@@ -327,10 +416,18 @@ class DiffusersBackend:
                 width=settings.width,
                 height=settings.height,
                 generator=generators,
-                output_type="pil",
+                output_type=output_type,
                 callback_on_step_end=step_end,
             )
+        if output_type != "pil":
+            return output.images
         return [image.convert("RGB") for image in output.images]
+
+    def _attached(self) -> Any:
+        """The batched engine's wrappers on the model for one batch (nothing to attach in merge mode)."""
+        from contextlib import nullcontext
+
+        return self._patcher.attached() if self.lora_mode == "batched" else nullcontext()
 
     def _embeds(self, plan: Plan, states: Sequence[LoraState]) -> dict[str, Any]:
         """Prompt embeddings for the current text-encoder weights, cached by their state."""
@@ -348,6 +445,8 @@ class DiffusersBackend:
             return self._embeddings[key]
         pipe = self._pipe
         clip_skip = settings.clip_skip - 1 or None
+        if self.lora_mode == "batched":
+            self._patcher.set_text_states(states)
         with torch.inference_mode():
             if type(pipe).__name__ == "StableDiffusionXLPipeline":
                 embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
@@ -378,6 +477,51 @@ class DiffusersBackend:
                     result["negative_prompt_embeds"] = negative
         self._embeddings[key] = result
         return result
+
+
+def batch_split(count: int, limit: int) -> int:
+    """The size of the next batch: ``count`` jobs in batches of at most ``limit``, all about the same size.
+
+    Example:
+        >>> batch_split(54, 16)  # 4 batches: 14, 14, 13, 13
+        14
+    """
+    limit = max(1, limit)
+    batches = -(-count // limit)
+    return -(-count // batches)
+
+
+def free_memory(device: Any) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, or the RAM available on Linux (None when unknown).
+
+    Example: ``free_memory(torch.device("cpu"))`` -> ``17179869184`` on a machine with 16 GiB available.
+    """
+    import torch
+
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def torch_dtype_size(dtype: Any) -> int:
+    """Bytes per element of a torch dtype."""
+    import torch
+
+    return int(torch.empty((), dtype=dtype).element_size())
+
+
+def _first_channels(pipe: Any) -> int:
+    """Channels of the UNet's first block (320 for SD1.5 and SDXL), the scale of its activations."""
+    channels = getattr(getattr(pipe.unet, "config", None), "block_out_channels", None)
+    return int(channels[0]) if channels else 320
 
 
 def _dtype(option: str | None, device: str) -> Any:

@@ -18,7 +18,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,47 @@ from lbw.render.backends.module_index import ModuleKey, is_text_component, pipel
 from lbw.render.weighting import LoraState
 
 _MAX_NAMES = 5
+
+
+def matched_layers(
+    index: Mapping[ModuleKey, torch.nn.Module], lora_file: Any
+) -> Iterator[tuple[Any, torch.nn.Module, bool]]:
+    """Yield (module, pipeline layer, is a text-encoder module) for every module of ``lora_file`` that has a layer,
+    then raise RenderError naming the first few modules that had none (a LoRA for another architecture).
+
+    Example:
+        >>> [(m.name, type(layer).__name__) for m, layer, _ in matched_layers(index, lora)][:1]
+        [('lora_te_text_model_encoder_layers_0_mlp_fc1', 'Linear')]
+    """
+    from lbw.domain.keymap import module_path
+
+    missing: list[str] = []
+    for module in lora_file.modules:
+        canonical = module.naming.canonical if module.naming is not None else None
+        path = module_path(canonical, lora_file.architecture) if canonical is not None else None
+        layer = index.get((path.component, path.lbw_name)) if path is not None else None
+        if layer is None or path is None:
+            missing.append(module.name)
+            continue
+        yield module, layer, is_text_component(path.component)
+    if missing:
+        shown = ", ".join(missing[:_MAX_NAMES]) + (" ..." if len(missing) > _MAX_NAMES else "")
+        raise RenderError(
+            f"{len(missing)} of {len(lora_file.modules)} modules have no matching layer in this model "
+            f"(is the LoRA for another architecture? file: {lora_file.architecture}): {shown}",
+            where=str(lora_file.path),
+        )
+
+
+@contextmanager
+def module_errors(lora_file: Any, module: Any) -> Iterator[None]:
+    """Turn an LbwError raised while applying ``module`` into a RenderError naming the file and the module."""
+    try:
+        yield
+    except LbwError as error:
+        raise RenderError(
+            f"module {module.name}: {error.message} (is the LoRA for another model?)", where=str(lora_file.path)
+        ) from None
 
 
 @dataclass
@@ -76,16 +118,7 @@ class WeightPatcher:
         self.lora_count = len(loras)
 
     def _add_lora(self, number: int, lora_file: Any, index: Mapping[ModuleKey, torch.nn.Module]) -> None:
-        from lbw.domain.keymap import module_path
-
-        missing: list[str] = []
-        for module in lora_file.modules:
-            canonical = module.naming.canonical if module.naming is not None else None
-            path = module_path(canonical, lora_file.architecture) if canonical is not None else None
-            layer = index.get((path.component, path.lbw_name)) if path is not None else None
-            if layer is None:
-                missing.append(module.name)
-                continue
+        for module, layer, text in matched_layers(index, lora_file):
             target = self._targets.get(id(layer))
             if target is None:
                 bias = getattr(layer, "bias", None)
@@ -96,20 +129,8 @@ class WeightPatcher:
                 )
                 self._targets[id(layer)] = target
             roles = lora_file.module_tensors(module, device=str(self.device))
-            try:
-                target.parts.append(self._part(number, module, roles, target, is_text_component(path.component)))
-            except LbwError as error:
-                raise RenderError(
-                    f"module {module.name}: {error.message} (is the LoRA for another model?)",
-                    where=str(lora_file.path),
-                ) from None
-        if missing:
-            shown = ", ".join(missing[:_MAX_NAMES]) + (" ..." if len(missing) > _MAX_NAMES else "")
-            raise RenderError(
-                f"{len(missing)} of {len(lora_file.modules)} modules have no matching layer in this model "
-                f"(is the LoRA for another architecture? file: {lora_file.architecture}): {shown}",
-                where=str(lora_file.path),
-            )
+            with module_errors(lora_file, module):
+                target.parts.append(self._part(number, module, roles, target, text))
 
     def _part(self, number: int, module: Any, roles: dict[str, torch.Tensor], target: _Target, text: bool) -> _Part:
         kind = AdapterKind(module.kind)
