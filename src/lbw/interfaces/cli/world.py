@@ -72,6 +72,7 @@ def train_command(
                                help="Comma-separated stages to run, in order."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads (1 is fastest on a small busy machine)."),
     base_steps: int | None = typer.Option(None, "--base-steps", min=1, help="Override the base model's steps."),
+    lora_steps: int | None = typer.Option(None, "--lora-steps", min=1, help="Override each LoRA's steps."),
 ) -> None:
     """Train the world model and its LoRAs (deterministic; resumes from the newest checkpoint)."""
     from lbw.services.world import WorldPlan, train_world
@@ -80,6 +81,10 @@ def train_command(
     plan = WorldPlan(stages=tuple(s.strip() for s in stages.split(",") if s.strip()), threads=threads)
     if base_steps is not None:
         plan.base = training.BaseConfig(steps=base_steps)
+    if lora_steps is not None:
+        from dataclasses import replace
+
+        plan.loras = {name: replace(config, steps=lora_steps) for name, config in plan.loras.items()}
     times = train_world(work, plan, progress=_Progress())
     for stage, seconds in times.items():
         print(f"{stage}: {seconds:.0f} s")
