@@ -100,8 +100,8 @@ def lora_targets(parts: model.Parts) -> list[Any]:
 def _module_path(target: Any, text_encoder: Any) -> str:
     """The path of a target inside its own module (transformers 5 has no ``text_model`` level)."""
     if target.component == "unet":
-        return target.source_path
-    path = target.source_path
+        return target.path
+    path = target.path
     names = dict(text_encoder.named_modules())
     return path if path in names else path.removeprefix("text_model.")
 
