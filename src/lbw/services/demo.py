@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbw.errors import RenderError
@@ -39,6 +39,8 @@ class DemoResult:
     sub: RunResult
     baked: BakeReport
     verification: VerifyReport
+    story: RunResult | None = None  # the world demo's before/after plan and its numbers
+    numbers: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def run_demo(

@@ -52,6 +52,7 @@ class LoraTrainConfig:
     rank: int = 8
     alpha: float = 8.0
     learning_rate: float = 1e-3
+    noise_offset: float = 0.1
     warmup: int = 30
     seed: int = 11
     checkpoint_every: int = 100
@@ -160,6 +161,8 @@ def train_lora(
         shape = means[index].shape
         latents = (means[index] + stds[index] * torch.randn(shape, generator=generator_)) * scaling
         noise = torch.randn(shape, generator=generator_)
+        if config.noise_offset:  # as the base model was trained (see training.BaseConfig.noise_offset)
+            noise = noise + config.noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator_)
         timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (config.batch,), generator=generator_)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         tokens = parts.tokenizer(texts, padding="max_length", max_length=model.TEXT_LENGTH, truncation=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -70,6 +71,8 @@ def demo_command(
     threads: int = typer.Option(
         1, "--threads", min=1, help="CPU threads for torch (the tiny model runs fastest on one)."
     ),
+    world: bool = typer.Option(False, "--world", help="Run on the built-in world (its trained model and gobuhime "
+                               "LoRA) and measure the side effect before and after; needs the shipped weights."),
 ) -> None:
     """Show what lbw does, end to end, on a tiny model built locally (no downloads, under a minute on a CPU).
 
@@ -79,10 +82,10 @@ def demo_command(
     if sheet:
         print_sheet_demo()
         return
-    run_render_demo(out, device, threads)
+    run_render_demo(out, device, threads, world=world)
 
 
-def run_render_demo(out: Path, device: str, threads: int = 1) -> None:
+def run_render_demo(out: Path, device: str, threads: int = 1, *, world: bool = False) -> None:
     """Run ``lbw.services.demo.run_demo`` with progress on stderr and print where everything is."""
     import time
 
@@ -93,6 +96,9 @@ def run_render_demo(out: Path, device: str, threads: int = 1) -> None:
     from lbw.interfaces.cli.safe import markup, shown
     from lbw.render.backends.diffusers_backend import resolve_device
     from lbw.services.demo import run_demo
+
+    if world:
+        from lbw.services.world_demo import run_world_demo as run_demo  # type: ignore[assignment]
 
     # Tiny 64x64 models gain nothing from more threads, and on a busy CPU extra threads slow torch down a lot.
     torch.set_num_threads(threads)
@@ -106,17 +112,32 @@ def run_render_demo(out: Path, device: str, threads: int = 1) -> None:
             on_stage=lambda text: progress.print(f"[bold]lbw demo[/]: {markup(text)}"),
         )
     baked, check = result.baked, result.verification
-    print(f"model: {shown(result.model)}  (tiny SD1.5 layout, random weights)")
+    kind = "the built-in world, trained on this machine" if world else "tiny SD1.5 layout, random weights"
+    print(f"model: {shown(result.model)}  ({kind})")
     print(f"LoRA:  {shown(result.lora)}")
     print_eba(result.eba)
     print("Sub grid of the suggested sheet:")
     print_plot(result.sub)
+    if result.story is not None:
+        print_story(result)
     verdict = "verified" if check.passed else "VERIFICATION FAILED"
     print(f"baked: {shown(baked.written.path)} ({verdict}: max relative error {check.max_error:.3g}, "
           f"tolerance {check.tolerance:g}; {baked.modules_out} of {baked.modules_in} modules kept)")
     err.print(f"lbw demo: done in {time.perf_counter() - started:.1f} s")
     if not check.passed:
         raise typer.Exit(1)
+
+
+def print_story(result: Any) -> None:
+    """The tutorial's story in numbers: the face kept, the green outside it before and after."""
+    from lbw.interfaces.cli.render import print_plot
+
+    print("The side effect (share of pixels nearer the LoRA's green than their own palette), same seeds:")
+    print(f"  {'cell':<10} {'green skin':>10} {'clothes':>8} {'background':>10} {'ornament':>8} {'choker':>7}")
+    for label, row in result.numbers.items():
+        print(f"  {label:<10} {row['skin_green']:>10.0%} {row['clothes_green']:>8.0%} {row['background_green']:>10.0%}"
+              f" {row['ornament']:>8.0%} {row['choker']:>7.0%}")
+    print_plot(result.story)
 
 
 def register(app: typer.Typer) -> None:
