@@ -106,6 +106,11 @@ class Job:
         self._queue._drop(self)
 
     @property
+    def cancel_event(self) -> threading.Event:
+        """The event a service's ``cancel`` argument takes (set by cancel())."""
+        return self._cancel
+
+    @property
     def cancelled(self) -> bool:
         """True once cancel() was called."""
         return self._cancel.is_set()

@@ -44,6 +44,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lbw.interfaces.cli.render",
     "lbw.interfaces.cli.demo",
     "lbw.interfaces.cli.world",
+    "lbw.interfaces.cli.web",
 )
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -121,6 +121,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "sheet.name": ("Name (the LBW tag)", "NAME (LBW のタグ)"),
     "sheet.apply": ("Apply table edits", "表の編集を反映"),
     "sheet.status": ("Status", "状態"),
+    "sheet.import": (
+        "Import a sheet TOML file (replaces the sheet)",
+        "シートの TOML ファイルを読み込む (シートを置き換え)",
+    ),
     "sheet.outputs": ("Outputs to paste into the web UI", "WebUI に貼り付ける出力"),
     "sheet.weight": ("WEIGHT", "WEIGHT"),
     "sheet.presets": ("{mode} presets (Weights setting)", "{mode} プリセット (Weights setting)"),
