@@ -51,3 +51,27 @@ class OutputError(LbwError):
 
 class RenderError(LbwError):
     """A plot plan, generation backend or analysis input is invalid or failed."""
+
+
+class StoreError(LbwError):
+    """The project store (workspace database) cannot be opened, is from a newer lbw, or lacks a project."""
+
+
+class VersionConflict(StoreError):
+    """A project changed since the caller read it (another tab or command): reload, then try again."""
+
+    def __init__(self, project: str, expected: int, found: int) -> None:
+        self.project = project
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"project {project!r} changed in another tab or command (version {found}, you had {expected}); reload"
+        )
+
+
+class ProjectError(LbwError):
+    """A project action cannot be done as asked (a bad setting, an unknown cell, an empty prompt, a cancel)."""
+
+
+class Cancelled(ProjectError):
+    """A render or analysis was cancelled by the user; nothing was recorded as an iteration."""

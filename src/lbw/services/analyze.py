@@ -22,6 +22,7 @@ from lbw.domain.sheet_file import sheet_to_toml
 from lbw.domain.weights import validate_name
 from lbw.errors import LbwError, RenderError
 from lbw.files.atomic import write_text_atomic
+from lbw.files.generated import check_overwrite, write_generated
 from lbw.render.analysis import IMPORTANT, UNCLEAR, UNNEEDED, BlockChange, Box, Thresholds, classify, rank
 from lbw.render.backends.base import Backend, StepCallback
 from lbw.render.eba import SOURCE_LABEL, SeedAnalysis, analyze_seed, eba_cells, mean_changes
@@ -98,6 +99,16 @@ class EbaReport:
     report_path: Path | None = None
 
     @property
+    def max_diff_percent(self) -> float:
+        """The largest Diff % of any block (0 when no block changed a single sample)."""
+        return max((c.diff_percent for c in self.changes), default=0.0)
+
+    @property
+    def no_change(self) -> bool:
+        """True when no block changed the image at all: no sheet is suggested (check prompt, trigger, strength)."""
+        return self.max_diff_percent == 0.0
+
+    @property
     def ranked(self) -> list[BlockChange]:
         """Blocks, largest change first."""
         return rank(self.changes)
@@ -128,6 +139,7 @@ class EbaReport:
             "grids": [str(a.grid) for a in self.seeds],
             "suggested_sheet": None if self.sheet_path is None else str(self.sheet_path),
             "suggested_weights": None if self.sheet is None else self.sheet.weight_line(),
+            "no_change": self.no_change,
         }
 
 
@@ -154,8 +166,16 @@ def _sheet_name(name: str) -> str:
         return "Eba"
 
 
-def analyze_run(run: RunResult) -> EbaReport:
-    """Compute the analyzer outputs from a finished run's saved cell images and write them next to it."""
+NO_CHANGE = "no block changed the image (max Diff % = 0): check the prompt/trigger/strength"
+SUGGESTED_SHEET = "suggested-sheet.toml"
+
+
+def analyze_run(run: RunResult, *, force: bool = False) -> EbaReport:
+    """Compute the analyzer outputs from a finished run's saved cell images and write them next to it.
+
+    The suggested sheet is written only when some block changed the image (``report.no_change`` otherwise), and
+    never over a suggested sheet the user edited unless ``force`` (``lbw.files.generated``).
+    """
     plan = run.plan
     if plan.kind != "eba" or plan.eba is None:
         raise RenderError(f"plan kind is {plan.kind!r}; the analyzer needs an eba plan")
@@ -180,9 +200,9 @@ def analyze_run(run: RunResult) -> EbaReport:
     changes = mean_changes(seeds)
     report = EbaReport(run, seeds, changes, thresholds, roi, classify(changes, thresholds))
     tuned = next((lora for lora in plan.loras if lora.tuned), None)
-    report.sheet = suggested_sheet(plan.name, report.classes, tuned.name if tuned else None)
-    report.sheet_path = out / "suggested-sheet.toml"
-    write_text_atomic(report.sheet_path, sheet_to_toml(report.sheet))
+    if not report.no_change:
+        report.sheet = suggested_sheet(plan.name, report.classes, tuned.name if tuned else None)
+        report.sheet_path = write_generated(out / SUGGESTED_SHEET, sheet_to_toml(report.sheet), force=force)
     report.report_path = out / "analysis.json"
     write_text_atomic(report.report_path, json.dumps(report.as_dict(), indent=2) + "\n")
     return report
@@ -196,9 +216,14 @@ def run_eba(
     cache_dir: str | Path | None = None,
     on_cell: CellCallback | None = None,
     on_step: StepCallback | None = None,
+    force: bool = False,
 ) -> EbaReport:
-    """Render the analyzer plan (cached, resumable) and analyze it with the options stored in ``plan.eba``."""
+    """Render the analyzer plan (cached, resumable) and analyze it with the options stored in ``plan.eba``.
+
+    An edited ``suggested-sheet.toml`` in ``out_dir`` is refused before anything renders (unless ``force``).
+    """
     if plan.eba is None or not any(cell.label == SOURCE_LABEL for cell in plan.cells):
         raise RenderError("an analyzer plan needs its eba settings and its source cell")
+    check_overwrite(Path(out_dir) / SUGGESTED_SHEET, force=force)
     run = run_plan(plan, backend, out_dir, cache_dir=cache_dir, on_cell=on_cell, on_step=on_step, grid=False)
-    return analyze_run(run)
+    return analyze_run(run, force=force)

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lbw.errors import RenderError
 from lbw.render.plan import LoraSpec
 from lbw.render.runner import CellCallback, RunResult, run_plan
-from lbw.services.analyze import EbaReport, eba_plan, run_eba
+from lbw.services.analyze import NO_CHANGE, EbaReport, eba_plan, run_eba
 from lbw.services.bake import BakeOptions, BakeReport, bake
 from lbw.services.demo_render import DEMO_LORA, build_demo_assets, demo_settings
 from lbw.services.plot import plan_from_sheet
@@ -61,8 +62,8 @@ def run_demo(
     try:
         report = run_eba(plan, backend, folder / "eba", on_cell=on_cell)
         sheet = report.sheet
-        if sheet is None:  # run_eba always suggests a sheet; guard the type for readers
-            raise RuntimeError("the analyzer suggested no sheet")
+        if sheet is None:  # no block changed the image: nothing to bake
+            raise RenderError(NO_CHANGE)
         stage("Sub grid of the suggested sheet (unclear blocks lowered one at a time)")
         sub_plan = plan_from_sheet(sheet, "sub", settings=demo_settings((1, 2)), loras=(spec,), model=str(model))
         sub = run_plan(sub_plan, backend, folder / "sub", cache_dir=folder / "eba" / "cache", on_cell=on_cell)

@@ -139,15 +139,17 @@ def plot(
     cache_dir: str | Path | None = None,
     on_cell: CellCallback | None = None,
     on_step: StepCallback | None = None,
+    force: bool = False,
 ) -> RunResult | EbaReport:
     """Render any plan into ``out_dir`` (cached, resumable) and close the backend.
 
     An ``eba`` plan is analyzed (``run_eba``: metrics, diff images, grids, suggested sheet); every other kind
-    gets the plot grid (``run_plan``).
+    gets the plot grid (``run_plan``). ``force``: replace a suggested sheet the user edited.
     """
     try:
         if plan.kind == "eba":
-            return run_eba(plan, backend, out_dir, cache_dir=cache_dir, on_cell=on_cell, on_step=on_step)
+            return run_eba(plan, backend, out_dir, cache_dir=cache_dir, on_cell=on_cell, on_step=on_step,
+                           force=force)
         return run_plan(plan, backend, out_dir, cache_dir=cache_dir, on_cell=on_cell, on_step=on_step)
     finally:
         backend.close()
