@@ -404,8 +404,12 @@ def bake_project(
 
 
 def baked_files(roots: Roots) -> list[str]:
-    """LoRA files in the workspace (the bakes), shown relative to it, newest first."""
-    files = [p for p in roots.walk("workspace", LORA_SUFFIXES) if p.parent.name != "cache"]
+    """LoRA files under the workspace's ``baked/`` folder (what the page bakes and may describe), newest first."""
+    folder = roots.workspace / BAKED_FOLDER
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.rglob("*.safetensors") if roots.contains(p, "workspace") and p.is_file()
+             and not p.is_symlink()]
     files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return [roots.relative(p) for p in files]
 
@@ -432,6 +436,8 @@ def write_metadata(store: Store, name: str, roots: Roots, file: str, form: MetaF
 
     view = get_project(store, name)
     target = roots.check(file, kind="workspace", must_exist=True)
+    if roots.relative(target) not in baked_files(roots):
+        raise PathRefused(f"only files the workbench baked (under {BAKED_FOLDER}/) are edited here", where=file)
     cover = None
     if form.cover.strip():
         cover = roots.check(form.cover.strip(), kind="workspace", must_exist=True)

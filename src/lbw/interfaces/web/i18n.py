@@ -196,6 +196,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "bake.file": ("File to describe", "メタ情報を書くファイル"),
     # messages
     "msg.saved": ("Saved.", "保存しました。"),
+    "msg.reloaded": ("Reloaded {name} (version {version}).", "{name} を再読み込みしました (版 {version})。"),
     "msg.fixed": ("{block} fixed at {value}", "{block} を {value} で固定しました"),
     "msg.mode": ("Mode: {mode}", "モード: {mode}"),
     "msg.undo": ("Back to the sheet of iteration {number}", "イテレーション {number} のシートに戻しました"),
@@ -206,6 +207,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "msg.error": ("Error: {message}", "エラー: {message}"),
     "msg.progress": ("{done}/{total} cells, {elapsed} s elapsed, about {eta} s left",
                      "{done}/{total} セル、経過 {elapsed} 秒、残り約 {eta} 秒"),
+    "msg.done_in": ("{total} cells in {elapsed} s", "{total} セル、{elapsed} 秒"),
     "msg.queued": ("Waiting for the device ({ahead} ahead)", "デバイスの空きを待っています (待ち {ahead})"),
     "msg.cancelled": ("Cancelled; nothing was recorded.", "中止しました。何も記録されていません。"),
     "msg.rendered": (

@@ -30,6 +30,7 @@ CSS = """
 #lbw-message p { margin: 0; }
 .lbw-progress p { font-variant-numeric: tabular-nums; margin: 0; }
 .lbw-lang a { margin-left: 0.6em; }
+.lbw-hidden { display: none !important; }
 """
 
 Refresher = Callable[..., list[Any]]
@@ -66,8 +67,8 @@ class Page:
         from lbw.errors import VersionConflict
 
         if isinstance(error, VersionConflict):
-            return "⚠️ " + self.t("msg.conflict")
-        return "⚠️ " + self.t("msg.error", message=printable(str(error)))
+            return "⚠ " + self.t("msg.conflict")
+        return "⚠ " + self.t("msg.error", message=printable(str(error)))
 
     # ----------------------------------------------------------------------------------------- session
     def project(self, session: dict[str, Any]) -> Any:
@@ -122,6 +123,7 @@ class Page:
                 return (self.error_text(error), *[gr.skip()] * (len(outputs) - 1))
             return result
 
+        kwargs.setdefault("show_progress", "hidden")  # quick actions: the message line says what happened
         return event(run, inputs=list(inputs), outputs=list(outputs), **kwargs)
 
     def job_events(
@@ -164,9 +166,9 @@ class Page:
                     return
                 yield message, self.progress_line(snap), None, new_session, *extra
             elif job.state == CANCELLED:
-                yield "⏹️ " + self.t("msg.cancelled"), "", None, self.bumped(session), *skips
+                yield "■ " + self.t("msg.cancelled"), "", None, self.bumped(session), *skips
             else:
-                message = "⚠️ " + self.t("msg.error", message=printable(job.error or "?"))
+                message = "⚠ " + self.t("msg.error", message=printable(job.error or "?"))
                 yield message, "", None, self.bumped(session), *skips
 
         return event(run, inputs=list(inputs),
@@ -181,18 +183,20 @@ class Page:
             if job is None:
                 return gr.skip()
             job.cancel()
-            return "⏹️ " + self.t("plot.cancel") + "…"
+            return "■ " + self.t("plot.cancel") + "…"
 
         button.click(cancel, inputs=[job_state], outputs=[self.message], concurrency_limit=None, queue=False)
 
     def progress_line(self, snap: Any) -> str:
         """``3/12 cells, 4 s elapsed, about 11 s left`` (or the place in the queue)."""
+        if snap.state == DONE:
+            return "✓ " + self.t("msg.done_in", total=snap.total, elapsed=f"{snap.elapsed:.0f}")
         if snap.state == "queued":
-            return "⏳ " + self.t("msg.queued", ahead=snap.ahead)
+            return "▶ " + self.t("msg.queued", ahead=snap.ahead)
         if not snap.total:
-            return f"⏳ {snap.label} … {snap.elapsed:.0f} s"
+            return f"▶ {snap.label} … {snap.elapsed:.0f} s"
         eta = "?" if snap.eta is None else f"{snap.eta:.0f}"
-        return "⏳ " + self.t("msg.progress", done=int(snap.done), total=snap.total, elapsed=f"{snap.elapsed:.0f}",
+        return "▶ " + self.t("msg.progress", done=int(snap.done), total=snap.total, elapsed=f"{snap.elapsed:.0f}",
                               eta=eta)
 
     # ------------------------------------------------------------------------------------------ build
@@ -207,6 +211,8 @@ class Page:
                 gr.HTML(self._language_links(), elem_classes="lbw-lang")
             self.font_note = gr.Markdown(self._font_note())
             self.message = gr.Markdown("", elem_id="lbw-message")
+            # the session tick of the last finished redraw (scripts and tests wait on it; never shown)
+            self.tick_marker = gr.HTML("", elem_id="lbw-tick", elem_classes="lbw-hidden")
             with gr.Tabs():
                 project.build(self)
                 analyze.build(self)
@@ -214,7 +220,7 @@ class Page:
                 plot.build(self)
                 history.build(self)
                 bake.build(self)
-            outputs = [self.message] + [c for _, comps, _ in self.refreshers for c in comps]
+            outputs = [self.message, self.tick_marker] + [c for _, comps, _ in self.refreshers for c in comps]
             inputs = [self.session] + [c for _, _, extra in self.refreshers for c in extra]
             self.session.change(self._refresh, inputs=inputs, outputs=outputs, show_progress="hidden")
             blocks.load(self._on_load, inputs=[self.session], outputs=[self.session, self.message])
@@ -235,7 +241,7 @@ class Page:
 
         if find_cjk_font() is not None:
             return ""
-        return "⚠️ " + self.t("app.font_missing", hint=INSTALL_HINT)
+        return "⚠ " + self.t("app.font_missing", hint=INSTALL_HINT)
 
     def _on_load(self, session: dict[str, Any], request: gr.Request) -> tuple[Any, str]:
         """Open ``?project=NAME`` (else the server's first project, else the latest one changed)."""
@@ -267,7 +273,7 @@ class Page:
                 view = self.project(session)
             except LbwError as error:
                 message = self.error_text(error)
-        updates: list[Any] = [message]
+        updates: list[Any] = [message, f"<span>{int((session or {}).get('tick', 0))}</span>"]
         values = iter(extra)
         for fn, comps, inputs in self.refreshers:
             args = [next(values) for _ in inputs]

@@ -18,6 +18,9 @@ import os
 import sys
 from typing import Any
 
+from fastapi import Request  # at module level: FastAPI reads the handler's annotation by name
+from fastapi.responses import RedirectResponse
+
 from lbw.interfaces.web.context import WebContext, WebOptions
 from lbw.interfaces.web.i18n import LANGUAGES, pick_language
 
@@ -32,8 +35,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 def create_app(ctx: WebContext) -> Any:
     """The ASGI app: ``/`` redirects, ``/en/`` and ``/ja/`` are the pages."""
     import gradio as gr
-    from fastapi import FastAPI, Request
-    from fastapi.responses import RedirectResponse
+    from fastapi import FastAPI
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from lbw.interfaces.web.page import CSS, Page

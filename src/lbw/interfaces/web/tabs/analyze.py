@@ -13,7 +13,7 @@ def build(page: Any) -> None:
     t, ctx = page.t, page.ctx
     with gr.Tab(t("tab.analyze"), id="analyze"):
         with gr.Row():
-            probe = gr.Number(label=t("analyze.probe"), value=0.5, minimum=-2, maximum=2)
+            probe = gr.Number(label=t("analyze.probe"), value=0.5, minimum=-2, maximum=2, elem_id="lbw-probe")
             threshold = gr.Number(label=t("analyze.threshold"), value=20, precision=0, minimum=0, maximum=255)
             important = gr.Number(label=t("analyze.important"), value=5.0, minimum=0, maximum=100,
                                   elem_id="lbw-important")
@@ -21,13 +21,13 @@ def build(page: Any) -> None:
                                  elem_id="lbw-unneeded")
         with gr.Row():
             run_btn = gr.Button(t("analyze.run"), variant="primary", elem_id="lbw-analyze")
-            cancel_btn = gr.Button(t("plot.cancel"), variant="stop")
+            cancel_btn = gr.Button(t("plot.cancel"), variant="stop", elem_id="lbw-analyze-cancel")
         progress = gr.Markdown(elem_classes="lbw-progress", elem_id="lbw-analyze-progress")
         job_state = gr.State(None)
         with gr.Row():
             run_pick = gr.Dropdown(label=t("plot.iteration"), choices=[], scale=1)
             start_btn = gr.Button(t("analyze.start_sheet"), variant="primary", scale=1, elem_id="lbw-start-sheet")
-        note = gr.Markdown()
+        note = gr.Markdown(elem_id="lbw-analysis-note")
         table = gr.Dataframe(
             headers=[t("analyze.col.rank"), t("project.block"), t("analyze.col.diff"), t("analyze.col.roi"),
                      t("analyze.col.class")],
@@ -53,7 +53,7 @@ def build(page: Any) -> None:
         counts = {c: sum(1 for r in view.rows if r.category == c) for c in ("important", "unneeded", "unclear")}
         summary = ", ".join(f"{t(f'class.{c}')} {n}" for c, n in counts.items())
         if view.no_change:
-            summary = "⚠️ " + t("analyze.no_change")
+            summary = "⚠ " + t("analyze.no_change")
         return rows, summary
 
     @page.on_refresh([run_pick, table, note, block_pick, images, grids], inputs=[important, unneeded])
@@ -137,9 +137,9 @@ def build(page: Any) -> None:
         return device_key(view.settings, ctx.backend_options()), "EBA", work
 
     def finish(result: Any, session: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        message = "✅ " + t("msg.rendered", number=result.number, cells=len(result.cells))
+        message = "✓ " + t("msg.rendered", number=result.number, cells=len(result.cells))
         if result.analysis is not None and result.analysis.no_change:
-            message = "⚠️ " + t("analyze.no_change")
+            message = "⚠ " + t("analyze.no_change")
         return message, page.bumped(session)
 
     page.job_events(run_btn.click, start, finish, [page.session, probe, threshold, important, unneeded], progress,
@@ -155,7 +155,7 @@ def build(page: Any) -> None:
             raise ProjectError(t("analyze.none"))
         view = start_sheet_from_analysis(ctx.store, name, int(number), important=_float(important_v),
                                          unneeded=_float(unneeded_v), source="click", expected_version=version)
-        return "✅ " + view.sheet.status(), page.after(view, session)
+        return "✓ " + view.sheet.status(), page.after(view, session)
 
     page.action(start_btn.click, start_sheet, [page.session, run_pick, important, unneeded],
                 [page.message, page.session])

@@ -27,7 +27,7 @@ def build(page: Any) -> None:
         result = gr.Markdown(elem_id="lbw-bake-result")
         verify_table = gr.Dataframe(
             headers=[t("project.block"), t("bake.col.modules"), t("bake.col.error"), t("bake.col.ok")],
-            label=t("bake.verify"), interactive=False, type="array", elem_id="lbw-verify-table")
+            label=t("bake.verify"), interactive=False, type="array", max_height=1400, elem_id="lbw-verify-table")
         with gr.Accordion(t("bake.meta"), open=True):
             target = gr.Dropdown(label=t("bake.file"), choices=[], elem_id="lbw-meta-file")
             with gr.Row():
@@ -70,7 +70,7 @@ def build(page: Any) -> None:
         if view is None:
             return [t("app.no_project"), [], gr.skip(), gr.Dropdown(choices=[]), gr.Dropdown(choices=[])]
         sheet = view.sheet
-        note = ("✅ " + t("sheet.done")) if sheet.is_done() else ("⚠️ " + t("bake.not_done",
+        note = ("✓ " + t("sheet.done")) if sheet.is_done else ("⚠ " + t("bake.not_done",
                                                                              count=len(sheet.unfixed_ids)))
         note += f"\n\n`{sheet.weight_line()}`"
         try:
@@ -104,10 +104,10 @@ def build(page: Any) -> None:
                  f"- sshs_model_hash `{written.model_hash}`", f"- sshs_legacy_hash `{written.legacy_hash}`",
                  f"- {report.modules_in} → {report.modules_out} modules",
                  f"- verify: max {check.max_error:.3g} (tolerance {check.tolerance:g}) "
-                 + ("✅" if check.passed else "❌")]
-        rows = [[b.block, b.modules, f"{b.max_error:.3g}", "✅" if b.max_error <= check.tolerance else "❌"]
+                 + ("✓" if check.passed else "✗")]
+        rows = [[b.block, b.modules, f"{b.max_error:.3g}", "✓" if b.max_error <= check.tolerance else "✗"]
                 for b in check.blocks]
-        return "✅ " + t("bake.written", path=done.shown), page.bumped(session), "\n".join(lines), rows
+        return "✓ " + t("bake.written", path=done.shown), page.bumped(session), "\n".join(lines), rows
 
     page.job_events(bake_btn.click, start, finish, [page.session, out_name, force], progress, job_state,
                     extra_outputs=[result, verify_table])
@@ -142,7 +142,7 @@ def build(page: Any) -> None:
             lines.append(f"- sidecar: `{ctx.roots.relative(done.sidecar)}`")
         if done.backup is not None:
             lines.append(f"- backup: `{ctx.roots.relative(done.backup)}`")
-        return "✅ " + t("msg.saved"), "\n".join(lines)
+        return "✓ " + t("msg.saved"), "\n".join(lines)
 
     page.action(write_btn.click, write, [page.session, target, display_name, author, keywords, url, description,
                                          cover, weights, sidecar], [page.message, meta_result])

@@ -108,7 +108,7 @@ def build(page: Any) -> None:
         if number is None:
             raise ProjectError(t("plot.no_iteration"))
         view = undo_to(ctx.store, name, int(number), source="click", expected_version=version)
-        return "✅ " + t("msg.undo", number=int(number)), page.after(view, session)
+        return "✓ " + t("msg.undo", number=int(number)), page.after(view, session)
 
     page.action(back_btn.click, go_back, [page.session, pick], [page.message, page.session])
 

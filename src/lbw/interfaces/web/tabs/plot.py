@@ -11,6 +11,7 @@ import gradio as gr
 from lbw.domain.sheet import LIST_KINDS
 
 NONE = ""
+CELLS_PER_ROW = 6
 
 
 def build(page: Any) -> None:
@@ -72,21 +73,22 @@ def build(page: Any) -> None:
                  "diff": c.diff_percent,
                  "base": None if c.block is None else view.sheet_before.value(c.block)} for c in cells]
         label = t("plot.grid_title", name=view.sheet_before.name, mode=page.mode_name(view.kind), number=view.number)
-        return gr.Gallery(value=items, columns=max(1, len(seeds)), label=label, visible=visible), info
+        # a row holds whole blocks: every seed of a cell side by side, as many cells as fit in about 6 columns
+        columns = len(seeds) * max(1, CELLS_PER_ROW // max(1, len(seeds)))
+        return gr.Gallery(value=items, columns=columns, label=label, visible=visible), info
 
     def status_line(view: Any) -> str:
         sheet = view.sheet
-        if sheet.is_done():
-            return "✅ " + t("sheet.done") + f"  `{sheet.weight_line()}`"
+        if sheet.is_done:
+            return "✓ " + t("sheet.done") + f"  `{sheet.weight_line()}`"
         return f"{t('sheet.unfixed', count=len(sheet.unfixed_ids))}: {', '.join(sheet.unfixed_ids)}"
 
-    @page.on_refresh([mode, render_btn, status, shown, compare, gallery_a, cells_a, gallery_b, cells_b, chosen,
-                      choice], inputs=[compare])
+    @page.on_refresh([mode, render_btn, status, shown, compare, gallery_a, cells_a, gallery_b, cells_b],
+                     inputs=[compare])
     def refresh(view: Any, session: dict[str, Any], compare_v: Any) -> list[Any]:
         if view is None:
             return [gr.skip(), gr.skip(), t("app.no_project"), gr.Dropdown(choices=[], value=None),
-                    gr.Dropdown(choices=[], value=None), gr.Gallery(value=[]), [], gr.Gallery(visible=False), [],
-                    gr.Group(visible=False), None]
+                    gr.Dropdown(choices=[], value=None), gr.Gallery(value=[]), [], gr.Gallery(visible=False), []]
         choices = iterations(view.name)
         numbers = [n for _, n in choices]
         latest = numbers[-1] if numbers else None
@@ -97,7 +99,7 @@ def build(page: Any) -> None:
         return [view.mode, gr.Button(value=t("plot.render", mode=page.mode_name(view.mode))), note,
                 gr.Dropdown(choices=choices, value=latest), gr.Dropdown(choices=[("—", NONE), *choices],
                                                                         value=keep if keep is not None else NONE),
-                gal_a, info_a, gal_b, info_b, gr.Group(visible=False), None]
+                gal_a, info_a, gal_b, info_b]
 
     def show(session: dict[str, Any], number: Any) -> tuple[Any, ...]:
         name, _ = page.checked(session)
@@ -146,20 +148,21 @@ def build(page: Any) -> None:
             view = fix_cell(ctx.store, name, cell["label"], take=take, iteration=int(cell["iteration"]),
                             source="click", expected_version=version)
             block = cell["block"]
-            return "✅ " + t("msg.fixed", block=block, value=_fmt(view.sheet.value(block))), page.after(view, session)
+            return ("✓ " + t("msg.fixed", block=block, value=_fmt(view.sheet.value(block))), page.after(view, session),
+                    gr.Group(visible=False), None)
 
         run.__name__ = "take" if take else "keep"
         return run
 
-    page.action(take_btn.click, decide(True), [page.session, choice], [page.message, page.session])
-    page.action(keep_btn.click, decide(False), [page.session, choice], [page.message, page.session])
+    page.action(take_btn.click, decide(True), [page.session, choice], [page.message, page.session, chosen, choice])
+    page.action(keep_btn.click, decide(False), [page.session, choice], [page.message, page.session, chosen, choice])
 
     def switch_mode(session: dict[str, Any], kind: str) -> tuple[Any, ...]:
         from lbw.services.projects import set_mode
 
         name, version = page.checked(session)
         view = set_mode(ctx.store, name, kind, source="click", expected_version=version)
-        return "✅ " + t("msg.mode", mode=page.mode_name(kind)), page.after(view, session)
+        return "✓ " + t("msg.mode", mode=page.mode_name(kind)), page.after(view, session)
 
     page.action(mode.input, switch_mode, [page.session, mode], [page.message, page.session])
 
@@ -177,11 +180,13 @@ def build(page: Any) -> None:
 
         return device_key(view.settings, ctx.backend_options()), page.mode_name(view.mode), work
 
-    def finish(result: Any, session: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return "✅ " + t("msg.rendered", number=result.number, cells=len(result.cells)), page.bumped(session)
+    def finish(result: Any, session: dict[str, Any]) -> tuple[Any, ...]:
+        return ("✓ " + t("msg.rendered", number=result.number, cells=len(result.cells)), page.bumped(session),
+                gr.Group(visible=False), None)
 
     for button in (render_btn, next_btn):
-        page.job_events(button.click, start, finish, [page.session], progress, job_state)
+        page.job_events(button.click, start, finish, [page.session], progress, job_state,
+                        extra_outputs=[chosen, choice])
     page.cancel_event(cancel_btn, job_state)
 
 

@@ -40,11 +40,13 @@ def build(page: Any) -> None:
             loras_table = gr.Dataframe(
                 headers=[t("project.col.file"), t("project.col.arch"), t("project.col.layout"), t("project.col.rank"),
                          t("project.col.size"), t("project.col.kinds")],
-                interactive=False, type="array", wrap=True)
+                interactive=False, type="array", wrap=True, elem_id="lbw-loras-table")
             refresh_btn = gr.Button(t("project.refresh"), size="sm")
         with gr.Row():
-            lora = gr.Dropdown(label=t("project.lora_folder"), choices=[], allow_custom_value=True, scale=2)
-            model = gr.Dropdown(label=t("project.model"), choices=[], allow_custom_value=True, scale=2)
+            lora = gr.Dropdown(label=t("project.lora_folder"), choices=[], allow_custom_value=True, scale=2,
+                               elem_id="lbw-lora")
+            model = gr.Dropdown(label=t("project.model"), choices=[], allow_custom_value=True, scale=2,
+                                elem_id="lbw-model")
         with gr.Row():
             backend = gr.Radio(list(BACKENDS), value="diffusers", label=t("project.backend"), scale=2)
             url = gr.Textbox(label=t("project.url"), scale=2, max_length=500)
@@ -113,7 +115,8 @@ def build(page: Any) -> None:
             shares = block_shares(view.settings.lora, ctx.roots)
         except LbwError:
             return None
-        return pd.DataFrame({"block": [b for b, _ in shares], "share": [round(s, 2) for _, s in shares]})
+        frame = pd.DataFrame({"block": [b for b, _ in shares], "share": [round(s, 2) for _, s in shares]})
+        return gr.BarPlot(value=frame, sort=[b for b, _ in shares])
 
     def form_changes(*values: Any) -> dict[str, Any]:
         from lbw.errors import ProjectError
@@ -149,7 +152,7 @@ def build(page: Any) -> None:
 
         name, version = page.checked(session)
         view = update_settings(ctx.store, name, form_changes(*values), expected_version=version, source="click")
-        return "✅ " + t("msg.saved"), page.after(view, session)
+        return "✓ " + t("msg.saved"), page.after(view, session)
 
     page.action(save_btn.click, save, [page.session, *fields], [page.message, page.session])
 
@@ -159,7 +162,7 @@ def build(page: Any) -> None:
         changes = form_changes(*values)
         settings = ProjectSettings.from_dict({k: v for k, v in changes.items()})
         view = create_project(ctx.store, name or "", settings)
-        return "✅ " + t("msg.saved"), page.after(view, session), view.name
+        return "✓ " + t("msg.saved"), page.after(view, session), view.name
 
     page.action(create_btn.click, create, [page.session, new_name, *fields], [page.message, page.session, picker])
 
@@ -185,7 +188,7 @@ def build(page: Any) -> None:
 
     def reload(session: dict[str, Any]) -> tuple[Any, ...]:
         view = page.project(session)
-        return "", page.after(view, session)
+        return t("msg.reloaded", name=view.name, version=view.version), page.after(view, session)
 
     page.action(reload_btn.click, reload, [page.session], [page.message, page.session])
 
@@ -199,6 +202,6 @@ def build(page: Any) -> None:
         from lbw.services.workbench import check_connection
 
         name, _ = page.checked(session)
-        return "", "✅ " + t("msg.connection_ok", detail=check_connection(ctx.store, name, ctx.backend_options()))
+        return "", "✓ " + t("msg.connection_ok", detail=check_connection(ctx.store, name, ctx.backend_options()))
 
     page.action(test_btn.click, test, [page.session], [page.message, test_out])

@@ -103,8 +103,8 @@ def build(page: Any) -> None:
 
     def status_line(view: Any) -> str:
         sheet = view.sheet
-        if sheet.is_done():
-            return "✅ " + t("sheet.done")
+        if sheet.is_done:
+            return "✓ " + t("sheet.done")
         return f"**{sheet.name}** · {t('sheet.unfixed', count=len(sheet.unfixed_ids))}: {', '.join(sheet.unfixed_ids)}"
 
     @page.on_refresh([status, name, mode, step, lower, upper, hint, table, *outputs], inputs=[hint])
@@ -127,7 +127,7 @@ def build(page: Any) -> None:
 
         name_, version = page.checked(session)
         view = set_mode(ctx.store, name_, kind, source="click", expected_version=version)
-        return "✅ " + t("msg.mode", mode=t(f"mode.{kind}")), page.after(view, session)
+        return "✓ " + t("msg.mode", mode=t(f"mode.{kind}")), page.after(view, session)
 
     page.action(mode.input, switch_mode, [page.session, mode], [page.message, page.session])
 
@@ -152,7 +152,7 @@ def build(page: Any) -> None:
         if new.layout != sheet.layout:
             raise ProjectError("the sheet's layout cannot change here")
         view = replace_sheet(ctx.store, name_, new, source="click", expected_version=version)
-        return "✅ " + t("msg.saved"), page.after(view, session)
+        return "✓ " + t("msg.saved"), page.after(view, session)
 
     page.action(apply_btn.click, apply, [page.session, table, name, step, lower, upper],
                 [page.message, page.session])
@@ -176,7 +176,7 @@ def build(page: Any) -> None:
             raise ProjectError(f"cannot read the sheet file: {error}") from None
         sheet = sheet_from_toml(text_, where=Path(path).name)
         view = replace_sheet(ctx.store, name_, sheet, source="command", expected_version=version)
-        return "✅ " + t("msg.saved"), page.after(view, session)
+        return "✓ " + t("msg.saved"), page.after(view, session)
 
     page.action(upload.upload, import_toml, [page.session, upload], [page.message, page.session])
 
