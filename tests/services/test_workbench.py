@@ -52,7 +52,8 @@ def test_catalogue_lists_what_inspect_says_inside_the_folders(folders):
     entries = {e.shown: e for e in lora_catalogue(roots)}
     assert sorted(entries) == ["broken.safetensors", "face.safetensors", "styles/ink.safetensors"]
     face = entries["face.safetensors"]
-    assert (face.architecture, face.layout, face.rank, face.error) == ("sd1", "SD17", "4", None)  # attention only: the 17-block layout
+    # attention modules only: the 17-block layout
+    assert (face.architecture, face.layout, face.rank, face.error) == ("sd1", "SD17", "4", None)
     assert entries["styles/ink.safetensors"].rank == "8"
     assert entries["broken.safetensors"].error  # listed with why lbw refuses it
     shares = dict(block_shares("face.safetensors", roots))
