@@ -14,7 +14,7 @@ from PIL import Image
 
 from lbw.interfaces.cli.app import run
 
-TINY = ["--steps", "4", "--width", "64", "--height", "64", "--threads", "1", "--device", "cpu"]
+TINY = ["--allow-empty-prompt", "--steps", "4", "--width", "64", "--height", "64", "--threads", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_plot_reruns_an_analyzer_plan_with_its_analysis(assets, tmp_path, capsys
     assert run(["eba", str(lora), "--model", str(model), "--blocks", "IN01 OUT11", "--roi", "16,16,48,48",
                 "--important", "10", "--unneeded", "0.5", "-o", str(out), *TINY]) == 0
     first = capsys.readouterr().out
-    assert run(["plot", str(out / "eba_seed1.png"), "--threads", "1"]) == 0
+    assert run(["plot", str(out / "eba_seed1.png"), "--threads", "1", "--allow-empty-prompt"]) == 0
     again = capsys.readouterr().out
     table = [line for line in first.splitlines() if line.startswith("│")]
     assert len(table) == 2 and table == [line for line in again.splitlines() if line.startswith("│")]

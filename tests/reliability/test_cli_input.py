@@ -29,7 +29,7 @@ from lbw.interfaces.cli.app import run
 SRC = str(Path(lbw.__file__).resolve().parents[1])
 MAIN = "from lbw.interfaces.cli.app import main; main()"
 ONES12 = ",".join(["1"] * 12)
-TINY = ["--steps", "4", "--width", "64", "--height", "64", "--threads", "1", "--device", "cpu"]
+TINY = ["--allow-empty-prompt", "--steps", "4", "--width", "64", "--height", "64", "--threads", "1", "--device", "cpu"]
 # Terminal control: C0 (but not \n), DEL, C1, bidi overrides, lone surrogates.
 RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
@@ -297,7 +297,7 @@ def test_ctrl_c_while_waiting_for_a_server(silent_server: tuple[str, threading.E
     url, accepted = silent_server
     presets = tmp_path / "p.txt"
     presets.write_text(f"A:{ONES12}\n", encoding="utf-8")
-    process = lbw_process(["plot", str(presets), "--lora", "x", "--backend", "a1111", "--url", url,
+    process = lbw_process(["plot", str(presets), "--lora", "x", "--backend", "a1111", "--url", url, "--prompt", "x",
                            "-o", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _interrupt(process, accepted)  # lbw sits in a socket read, like a long sleep
     out, err = process.communicate(timeout=60)

@@ -655,7 +655,8 @@ def cli(url: str, tmp_path: Path, *extra: str) -> list[str]:
     presets = tmp_path / "presets.txt"
     presets.write_text(f"ALL:{ALL}\nNONE:{NONE}\n")
     return ["plot", str(presets), "--backend", "a1111", "--url", url, "--lora", "face", "--model", "tiny",
-            "--width", str(SIZE), "--height", str(SIZE), "--steps", "4", "-o", str(tmp_path / "out"), *extra]
+            "--width", str(SIZE), "--height", str(SIZE), "--steps", "4", "-o", str(tmp_path / "out"),
+            "--allow-empty-prompt", *extra]
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

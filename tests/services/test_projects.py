@@ -282,3 +282,12 @@ def test_export_import_and_replace_sheet(store, tmp_path):
     assert replaced.sheet == new_sheet and len(project_log(store, "Q")) == 26
     with pytest.raises(ProjectError, match="the sheet is SD17"):
         replace_sheet(store, "Q", Sheet.new("X", SD17), expected_version=replaced.version)
+
+
+def test_project_services_import_light():
+    """The sheet actions must answer at once: importing the services loads no torch, numpy or PIL."""
+    code = ("import sys, lbw.services.projects, lbw.interfaces.cli.project; "
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'diffusers') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(Path(lbw.__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[]"

@@ -59,6 +59,7 @@ MODELSPEC_KEYS: dict[str, str] = {
     "thumbnail": "modelspec.thumbnail",
 }
 BLOCK_WEIGHTS_KEY = "lbw_block_weights"
+BAKED_WEIGHTS_KEY = "lbw_baked_weights"  # written by `lbw bake`: the weights are in the tensors
 BLOCK_LAYOUT_KEY = "lbw_block_layout"
 COVER_KEY = ADDNET_KEYS["cover"]
 THUMBNAIL_KEY = MODELSPEC_KEYS["thumbnail"]

@@ -171,6 +171,17 @@ class Plan:
         return replace(self, settings=replace(self.settings, **changes))
 
 
+EMPTY_PROMPT = ("the prompt is empty: a LoRA usually needs its trigger words to show any effect; give one "
+                "(--prompt) or pass --allow-empty-prompt")
+
+
+def require_prompt(prompt: str, allow_empty: bool = False) -> None:
+    """Refuse an empty (or blank) prompt unless ``allow_empty``: without its trigger a LoRA often changes nothing,
+    and an analyzer run would then call every block unneeded."""
+    if not prompt.strip() and not allow_empty:
+        raise RenderError(EMPTY_PROMPT)
+
+
 def validate_plan(plan: Plan) -> None:
     """Raise RenderError naming the first inconsistency of ``plan``."""
     if plan.kind not in PLAN_KINDS:

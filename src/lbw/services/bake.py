@@ -37,6 +37,7 @@ from lbw.domain.numbers import format_number
 from lbw.domain.weights import BlockWeights
 from lbw.errors import AdapterError, LoraFileError, OutputError
 from lbw.files.lora_file import LoraFile
+from lbw.files.metadata import BAKED_WEIGHTS_KEY
 from lbw.files.modules import Module
 from lbw.services.resolve import FactorPlan, resolve_for_file
 
@@ -52,7 +53,6 @@ OUTPUT_DTYPES = ("fp16", "bf16", "fp32")
 Progress = Callable[[int, int], None]
 
 # Metadata keys lbw writes.
-BAKED_WEIGHTS_KEY = "lbw_baked_weights"
 BAKED_LAYOUT_KEY = "lbw_baked_layout"
 BAKED_TE_KEY = "lbw_baked_te"
 BAKED_UNET_KEY = "lbw_baked_unet"

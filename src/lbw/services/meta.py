@@ -119,6 +119,7 @@ class MetaEditResult:
     sidecar: Path | None = None
     sidecar_content: dict[str, Any] | None = None
     link: Path | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -129,7 +130,21 @@ class MetaEditResult:
             "changes": {k: {"old": _short(k, old), "new": _short(k, new)} for k, (old, new) in self.changes.items()},
             "hashes": self.hashes,
             "sidecar": None if self.sidecar is None else {"path": str(self.sidecar), "content": self.sidecar_content},
+            "warnings": list(self.warnings),
         }
+
+
+def weights_warnings(current: Mapping[str, str], changes: MetaChanges) -> tuple[str, ...]:
+    """Why writing these tuned block weights may mislead: the file already has them baked in.
+
+    >>> weights_warnings({"lbw_baked_weights": "A:1,0,..."}, MetaChanges(weights="A:1,0,..."))[0][:40]
+    'this file already has lbw_baked_weights '
+    """
+    if changes.weights is None or md.BAKED_WEIGHTS_KEY not in current:
+        return ()
+    return (f"this file already has {md.BAKED_WEIGHTS_KEY} ({current[md.BAKED_WEIGHTS_KEY][:80]}): the block weights "
+            f"are baked into its tensors; {md.BLOCK_WEIGHTS_KEY} tells users to apply block weights when they load "
+            "it, so the weights would apply twice",)
 
 
 def show_meta(path: str | os.PathLike[str]) -> MetaView:
@@ -235,6 +250,7 @@ def edit_meta(
         header = read_lora_header(real)
         current = dict(header.metadata)
         planned = planned_metadata(current, changes)
+        warnings = weights_warnings(current, changes)
         diff = _diff(current, planned)
         side_path = side_content = None
         if sidecar is not None:  # read and checked before anything is written
@@ -268,7 +284,7 @@ def edit_meta(
         if side_path is not None and side_content is not None:
             md.write_sidecar(side_path, side_content)
     link = given if out is None and given != real else None
-    return MetaEditResult(written_path, backup_path, diff, hashes, side_path, side_content, link)
+    return MetaEditResult(written_path, backup_path, diff, hashes, side_path, side_content, link, warnings)
 
 
 def _hardlink_choice(given: Path, real: Path, hardlinks: HardlinkMode) -> HardlinkMode:

@@ -61,6 +61,7 @@ def analysis_plan(
     threshold: int,
     thresholds: Thresholds,
     transpose: bool,
+    diff_color: str = "black",
 ) -> Plan:
     """The Effective Block Analyzer plan for the project's tuned LoRA (others rendered beside it)."""
     from lbw.services.projects import lora_specs, render_settings
@@ -68,6 +69,7 @@ def analysis_plan(
     tuned, *others = lora_specs(settings)
     return eba_plan(tuned, model=settings.model, settings=render_settings(settings), blocks=blocks, probe=probe,
                     base=base, threshold=threshold, transpose=transpose, roi=settings.roi, thresholds=thresholds,
+                    diff_color=diff_color,
                     others=others, name=sheet.name)
 
 

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -246,6 +247,10 @@ class DecisionView:
         if self.block is not None:
             flag = {True: " fixed", False: " unfixed", None: ""}[self.fixed]
             text = f"{self.action} {self.block} {number(self.old_value)} -> {number(self.new_value)}{flag}"
+        elif self.action == "settings" and isinstance(self.detail.get("changed"), dict):
+            changes = [f"{key} {_detail_value(_pair(value)[0])} -> {_detail_value(_pair(value)[1])}"
+                       for key, value in self.detail["changed"].items()]
+            text = f"settings: {'; '.join(changes)}"
         elif "old" in self.detail or "new" in self.detail:
             text = f"{self.action} {_detail_value(self.detail.get('old'))} -> {_detail_value(self.detail.get('new'))}"
         else:
@@ -259,9 +264,17 @@ class DecisionView:
         return f"{text} ({', '.join(str(e) for e in extras)})"
 
 
+def _pair(value: Any) -> tuple[Any, Any]:
+    return (value[0], value[1]) if isinstance(value, list) and len(value) == 2 else (None, value)
+
+
 def _detail_value(value: Any) -> str:
-    if isinstance(value, list):
-        return "..".join("-" if v is None else f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, list) and all(v is None or isinstance(v, int | float) for v in value):
+        return "..".join("-" if v is None else f"{v:g}" for v in value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

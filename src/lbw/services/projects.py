@@ -43,7 +43,7 @@ from lbw.domain.text import is_printable, json_text, printable
 from lbw.domain.weights import validate_name
 from lbw.errors import LbwError, OutputError, ProjectError, StoreError
 from lbw.files.atomic import write_text_atomic
-from lbw.render.plan import Cell, LoraSpec, Plan, Settings
+from lbw.render.plan import Cell, LoraSpec, Plan, Settings, require_prompt
 from lbw.services.project_types import (
     A1111_MODES,
     BACKENDS,
@@ -103,6 +103,7 @@ __all__ = [
     "undo_to",
     "unfix_block",
     "update_settings",
+    "weights_text",
 ]
 
 CellProgress = Callable[[int, int, str, bool], None]
@@ -430,11 +431,11 @@ def analysis_table(
 
 
 def project_log(store: Store, name: str) -> list[LogEntry]:
-    """Iterations and decisions, oldest first, one line each."""
+    """Iterations (at the time they were recorded) and decisions, oldest first, one line each."""
     with store.read() as con:
         record = db.project_by_name(con, name)
         entries = [
-            LogEntry(it.created, "iteration", it.number,
+            LogEntry(it.finished or it.created, "iteration", it.number,
                      f"iteration {it.number}: {it.kind}, {it.cell_count} cells, from {it.sheet_before.status()}")
             for it in db.iteration_records(con, record.id)
         ]
@@ -483,6 +484,38 @@ def read_settings_file(path: str | os.PathLike[str]) -> ProjectSettings:
     if isinstance(data, dict) and "lbw_project" in data:
         data = data.get("settings")
     return ProjectSettings.from_dict(data, where=str(path))
+
+
+def weights_text(
+    value: str | None,
+    *,
+    project: str | None = None,
+    workspace: str | os.PathLike[str] = DEFAULT_WORKSPACE,
+    option: str = "--weights",
+) -> str | None:
+    """A weights argument as vector text ``NAME:v1,...``: a sheet file (``*.toml``) and a project (its current
+    sheet) are read; anything else (a vector, a preset name) is returned as given; None when neither is given.
+
+    Example:
+        >>> weights_text(None, project="Face")
+        'Face:1,0,1,...'
+    """
+    if project is not None:
+        if value is not None:
+            raise ProjectError(f"give {option} or --project, not both")
+        return get_project(open_workspace(workspace, create=False), project).sheet.weight_line()
+    if value is not None and value.strip().lower().endswith(".toml"):
+        from lbw.domain.sheet_file import sheet_from_toml
+
+        path = Path(value.strip())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ProjectError("sheet file not found", where=str(path)) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ProjectError(f"cannot read the sheet file: {error}", where=str(path)) from None
+        return sheet_from_toml(text, where=str(path)).weight_line()
+    return value
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -534,6 +567,7 @@ def run_analysis(
     important: float = 5.0,
     unneeded: float = 1.0,
     transpose: bool = False,
+    diff_color: str = "black",
     progress: CellProgress | None = None,
     on_step: StepProgress | None = None,
     cancel: threading.Event | None = None,
@@ -555,15 +589,16 @@ def run_analysis(
         blocks = view.sheet.unfixed_ids if view.sheet.layout is SD26 and view.sheet.unfixed_ids else SD26.ids
     plan = analysis_plan(view.sheet, view.settings, blocks=tuple(canonical_block_id(b) for b in blocks),
                          probe=probe, base=base, threshold=threshold, thresholds=Thresholds(important, unneeded),
-                         transpose=transpose)
+                         transpose=transpose, diff_color=diff_color)
     return _run_and_record(store, view, plan, progress, on_step, cancel, backend, backend_options)
 
 
 def check_prompt(settings: ProjectSettings, allow_empty: bool = False) -> None:
     """Refuse a render without a prompt (a LoRA's trigger usually lives there) unless ``allow_empty``."""
-    if not settings.prompt.strip() and not allow_empty:
-        raise ProjectError("the prompt is empty: a LoRA usually needs its trigger words to show any effect; set "
-                           "one (--prompt) or pass --allow-empty-prompt")
+    try:
+        require_prompt(settings.prompt, allow_empty)
+    except LbwError as error:
+        raise ProjectError(error.message) from None
 
 
 def render_settings(settings: ProjectSettings) -> Settings:

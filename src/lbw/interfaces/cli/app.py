@@ -42,6 +42,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lbw.interfaces.cli.meta",
     "lbw.interfaces.cli.bake",
     "lbw.interfaces.cli.render",
+    "lbw.interfaces.cli.project",
     "lbw.interfaces.cli.demo",
     "lbw.interfaces.cli.world",
     "lbw.interfaces.cli.web",

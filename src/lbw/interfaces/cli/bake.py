@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from lbw.domain.text import json_text
+from lbw.errors import LbwError
 from lbw.interfaces.cli.safe import markup, shown
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
 def bake_command(
     source: Path = typer.Argument(..., help="LoRA file to bake (.safetensors); never modified."),
-    weights: str = typer.Option(..., "--weights", "-w", help=WEIGHTS_HELP),
+    weights: str | None = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="Output .safetensors file."),
     strength: float = typer.Option(1.0, "--strength", "-s", help="Multiplier for TE and UNet (LBW's m)."),
     te: float | None = typer.Option(None, "--te", help="Text-encoder multiplier (default: --strength)."),
@@ -55,6 +56,9 @@ def bake_command(
     model: Path | None = typer.Option(None, "--model", help="Base checkpoint (.safetensors) for --dora dense."),
     dtype: str | None = typer.Option(None, "--dtype", help="Output dtype fp16|bf16|fp32 (default: input's)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output (never the input)."),
+    project: str | None = typer.Option(None, "--project", help="Bake this project's sheet (instead of -w)."),
+    workspace: Path = typer.Option(Path("lbw-workspace"), "--workspace", envvar="LBW_WORKSPACE",
+                                   help="Workspace folder of the projects (or LBW_WORKSPACE)."),
 ) -> None:
     """Apply block weights to a LoRA exactly: at multiplier 1 the output does what the weights did."""
     from lbw.files.lora_file import LoraFile
@@ -64,7 +68,18 @@ def bake_command(
     if dora not in ("refuse", "dense"):
         raise typer.BadParameter("expected refuse or dense", param_hint="--dora")
     check_destination(output, [source], force=force)
-    loaded = load_weights(weights, presets_file=presets, x=x, seed=seed)
+    if project is not None:
+        from dataclasses import replace
+
+        from lbw.services.projects import weights_text
+
+        text = weights_text(weights, project=project, workspace=workspace)
+        assert text is not None
+        loaded = replace(load_weights(text, x=x, seed=seed), source=f"project {project}")
+    elif weights is None:
+        raise LbwError("give the weights (-w: a preset, a vector or a sheet file) or --project NAME")
+    else:
+        loaded = load_weights(weights, presets_file=presets, x=x, seed=seed)
     options = BakeOptions(keep_zero=keep_zero, balanced=balanced, dora=dora,  # type: ignore[arg-type]
                           model=model, dtype=dtype, force=force)
     console = _console()

@@ -56,7 +56,11 @@ def meta_command(
     license_: str | None = typer.Option(None, "--license", help="modelspec.license."),
     thumbnail: Path | None = typer.Option(None, "--thumbnail", help="PNG/JPEG as modelspec.thumbnail data URL."),
     weights: str | None = typer.Option(
-        None, "--weights", help='Tuned block weights "NAME:v1,...,vN" (lbw_block_weights, lbw_block_layout).'),
+        None, "--weights", help='Tuned block weights "NAME:v1,...,vN" or a sheet file (.toml) (lbw_block_weights, '
+        'lbw_block_layout).'),
+    project: str | None = typer.Option(None, "--project", help="Record this project's sheet as the weights."),
+    workspace: Path = typer.Option(Path("lbw-workspace"), "--workspace", envvar="LBW_WORKSPACE",
+                                   help="Workspace folder of the projects (or LBW_WORKSPACE)."),
     set_keys: list[str] = typer.Option([], "--set", help="Set any key: KEY=VALUE (repeatable)."),
     unset: list[str] = typer.Option([], "--unset", help="Remove a key (repeatable)."),
     sidecar: bool = typer.Option(False, "--sidecar", help="Write/update the web UI sidecar <name>.json."),
@@ -80,6 +84,10 @@ def meta_command(
     """Show metadata and hashes; any setting option edits the file (header only, tensors untouched)."""
     from lbw.services.meta import MetaChanges, SidecarChanges, edit_meta, show_meta
 
+    if project is not None or (weights is not None and weights.strip().lower().endswith(".toml")):
+        from lbw.services.projects import weights_text
+
+        weights = weights_text(weights, project=project, workspace=workspace)
     changes = MetaChanges(
         display_name=name, author=author, source=source, keywords=keywords, description=description,
         rating=rating, tags=tags, cover=cover, title=title, trigger_phrase=trigger, usage_hint=usage_hint,
@@ -98,6 +106,8 @@ def meta_command(
         raise typer.BadParameter("expected refuse, in-place or split", param_hint="--hardlinks")
     result = edit_meta(file, changes, out=out, backup=not no_backup, force=force, rehash=rehash,
                        sidecar=side if wants_sidecar else None, hardlinks=hardlinks)  # type: ignore[arg-type]
+    for warning in result.warnings:
+        typer.echo(f"lbw: warning: {shown(warning)}", err=True)
     if as_json:
         typer.echo(json_text(result.to_json(), indent=2))
     else:

@@ -95,11 +95,8 @@ def _backend(options: dict[str, Any]) -> Any:
     """The backend named by ``--backend`` with the options that apply to it."""
     from lbw.services.plot import make_backend
 
-    name = options["backend"]
-    if options["threads"] is not None:
-        import torch
-
-        torch.set_num_threads(options["threads"])
+    name = options["backend"] or "diffusers"
+    _threads(options)
     if name == "diffusers":
         return make_backend(
             name,
@@ -110,22 +107,33 @@ def _backend(options: dict[str, Any]) -> Any:
         )
     limits = {key: options[key] for key in ("timeout", "connect_timeout", "deadline") if options[key] is not None}
     if name == "a1111":
-        return make_backend(name, url=options["url"] or "http://127.0.0.1:7860", mode=options["a1111_mode"], **limits)
+        mode = options["a1111_mode"] or "presets"
+        return make_backend(name, url=options["url"] or "http://127.0.0.1:7860", mode=mode, **limits)
     if name == "comfyui":
         return make_backend(name, url=options["url"] or "http://127.0.0.1:8188", **limits)
     return make_backend(name)
 
 
-def _render(plan: Plan, options: dict[str, Any], out: Path) -> Any:
+def _threads(options: dict[str, Any]) -> None:
+    if options["threads"] is not None:
+        import torch
+
+        torch.set_num_threads(options["threads"])
+
+
+def _render(plan: Plan, options: dict[str, Any], out: Path, *, force: bool = False) -> Any:
     """Render ``plan`` with progress bars; on Ctrl-C say (in the one ``interrupted`` line) what is kept."""
+    from lbw.render.plan import require_prompt
     from lbw.services.plot import plot
 
+    require_prompt(plan.settings.prompt, options["allow_empty_prompt"])
     engine = _backend(options)
     cache = options["cache"] or out / "cache"
     progress = RenderProgress("cells")
     try:
         with progress:
-            return plot(plan, engine, out, cache_dir=cache, on_cell=progress.on_cell, on_step=progress.on_step)
+            return plot(plan, engine, out, cache_dir=cache, on_cell=progress.on_cell, on_step=progress.on_step,
+                        force=force)
     except KeyboardInterrupt:
         if not progress.total:  # before the first cell: nothing of this run to keep
             raise
@@ -133,6 +141,49 @@ def _render(plan: Plan, options: dict[str, Any], out: Path) -> Any:
             f"stopped after {progress.done} of {progress.total} cells; finished cells are kept in "
             f"{cache}: run the same command again to resume"
         ) from None
+
+
+# Options that are project settings: with --project they are refused (the project's own settings apply).
+_PROJECT_SETTING_OPTIONS = {
+    "model": "--model", "backend": "--backend", "strength": "--strength", "te_strength": "--te-strength",
+    "prompt": "--prompt", "negative": "--negative", "steps": "--steps", "cfg": "--cfg", "sampler": "--sampler",
+    "schedule": "--schedule", "width": "--width", "height": "--height", "clip_skip": "--clip-skip", "seeds": "--seeds",
+    "url": "--url", "a1111_mode": "--a1111-mode", "cache": "--cache",
+}
+# Options that belong to the machine, passed to the project's backend.
+_MACHINE_OPTIONS = ("device", "batch_size", "model_config", "dtype", "timeout", "connect_timeout", "deadline")
+
+
+def _project_run(options: dict[str, Any], given: dict[str, Any], run: Callable[..., Any]) -> Any:
+    """Run ``run(store, name, **callbacks)`` for ``--project`` with progress bars; print the iteration."""
+    from lbw.interfaces.cli.project import open_store, print_iteration
+    from lbw.services.projects import get_project
+
+    project = options["project"]
+    refused = [flag for key, flag in _PROJECT_SETTING_OPTIONS.items() if options.get(key) is not None]
+    refused += [flag for flag, value in given.items() if value]
+    if refused:
+        raise RenderError(f"{', '.join(refused)}: with --project the project's settings apply; change them with "
+                          f"`lbw project set NAME {refused[0]} ...`")
+    store = open_store(options["workspace"])
+    get_project(store, project)  # an unknown project is refused before torch loads
+    _threads(options)
+    machine = {key: options[key] for key in _MACHINE_OPTIONS if options.get(key) is not None}
+    progress = RenderProgress("cells")
+    try:
+        with progress:
+            it = run(store, project, progress=progress.on_cell, on_step=progress.on_step, backend_options=machine,
+                     allow_empty_prompt=options["allow_empty_prompt"])
+    except KeyboardInterrupt:
+        if not progress.total:
+            raise
+        raise Interrupted(
+            f"stopped after {progress.done} of {progress.total} cells; nothing was recorded; finished cells are "
+            f"kept in the workspace cache: run the same command again to resume"
+        ) from None
+    view = get_project(store, project)
+    print_iteration(view, it)
+    return it
 
 
 class RenderProgress:
@@ -224,17 +275,37 @@ def print_eba(report: Any) -> None:
     print(f"classification ({score}): {shown(report.thresholds.describe())}")
     for seed in report.seeds:
         print(f"grid: {shown(seed.grid)}")
-    print(f"suggested weights: {shown(report.sheet.weight_line())}")
-    print(f"suggested sheet: {shown(report.sheet_path)}  (important = 1 fixed, unneeded = 0 fixed, unclear = 0.5)")
+    if report.sheet is None:
+        from lbw.services.analyze import NO_CHANGE
+
+        print(f"suggested sheet: none: {NO_CHANGE}")
+        typer.echo(f"lbw: warning: {NO_CHANGE}", err=True)
+    else:
+        print(f"suggested weights: {shown(report.sheet.weight_line())}")
+        print(f"suggested sheet: {shown(report.sheet_path)}  (important = 1 fixed, unneeded = 0 fixed, "
+              "unclear = 0.5)")
     print(f"analysis: {shown(report.report_path)}")
+
+
+def _print_project_analysis_end(project: str, it: Any) -> None:
+    """After a project's analyzer run: what to do next, or why there is nothing to suggest."""
+    from lbw.interfaces.cli.project import quoted
+    from lbw.services.projects import NO_CHANGE_MESSAGE
+
+    if it.analysis.no_change:
+        print(f"suggested sheet: none: {NO_CHANGE_MESSAGE}")
+        typer.echo(f"lbw: warning: {NO_CHANGE_MESSAGE}", err=True)
+        return
+    print(shown(f"start the sheet from it: lbw project start-sheet {quoted(project)} {it.number}  (important = 1 "
+                "fixed, unneeded = 0 fixed, unclear = 0.5)"))
 
 
 # Options both commands take: (name, type, typer option). ``_shared_options`` adds them to a command.
 _SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("model", str | None, typer.Option(None, "--model", "-m", help="Checkpoint (diffusers folder/.safetensors; "
                                        "a1111/comfyui: the server's name).")),
-    ("backend", str, typer.Option("diffusers", "--backend", "-b", help=_BACKEND_HELP)),
-    ("strength", float, typer.Option(1.0, "--strength", help="Strength of the tuned LoRA (UNet).")),
+    ("backend", str | None, typer.Option(None, "--backend", "-b", help=_BACKEND_HELP + " (default diffusers)")),
+    ("strength", float | None, typer.Option(None, "--strength", help="Strength of the tuned LoRA (UNet; default 1).")),
     ("te_strength", float | None, typer.Option(None, "--te-strength", help="Text-encoder strength.")),
     ("model_config", Path | None, typer.Option(None, "--model-config", help="Configs of a single file.")),
     ("prompt", str | None, typer.Option(None, "--prompt", "-p")),
@@ -253,8 +324,14 @@ _SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("batch_size", int, typer.Option(4, "--batch-size", help="Seeds per batch (halved if memory runs out).")),
     ("threads", int | None, typer.Option(None, "--threads", help="CPU threads for torch.")),
     ("url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188 by default).")),
-    ("a1111_mode", str, typer.Option("presets", "--a1111-mode", help="presets (always-on args), inline (lbw= "
-                                     "vectors) or xyz (X/Y/Z Prompt S/R).")),
+    ("a1111_mode", str | None, typer.Option(None, "--a1111-mode", help="presets (always-on args, default), inline "
+                                            "(lbw= vectors) or xyz (X/Y/Z Prompt S/R).")),
+    ("allow_empty_prompt", bool, typer.Option(False, "--allow-empty-prompt", help="Render without a prompt (refused "
+                                              "otherwise: a LoRA's trigger usually lives there).")),
+    ("project", str | None, typer.Option(None, "--project", help="Render for this project with its settings and "
+                                         "record the iteration (see `lbw project`).")),
+    ("workspace", Path, typer.Option(Path("lbw-workspace"), "--workspace", envvar="LBW_WORKSPACE",
+                                     help="Workspace folder of the projects (or LBW_WORKSPACE).")),
     ("timeout", float | None, typer.Option(None, "--timeout", help="a1111/comfyui: seconds a request may go "
                                            "without an answer or progress (default 300).")),
     ("connect_timeout", float | None, typer.Option(None, "--connect-timeout", help="a1111/comfyui: seconds to "
@@ -283,8 +360,9 @@ def register(app: typer.Typer) -> None:
     @app.command("plot")
     @_shared_options
     def plot_command(
-        source: Path = typer.Argument(
-            ..., help="Sheet (.toml), presets file (.txt), plan.json or a grid PNG (re-runs its plan)."
+        source: Path | None = typer.Argument(
+            None, help="Sheet (.toml), presets file (.txt), plan.json or a grid PNG (re-runs its plan); none with "
+            "--project."
         ),
         out: Path | None = typer.Option(
             None, "--out", "-o", help="Output folder (default: lbw-plot; a plan's own folder when re-running)."
@@ -294,16 +372,32 @@ def register(app: typer.Typer) -> None:
         lora: list[str] = typer.Option([], "--lora", help="LoRA file (or server-side name); the first is tuned."),
         lora_name: list[str] = typer.Option([], "--lora-name", help="Name the web UI knows each --lora by."),
         axis: str | None = typer.Option(None, "--axis", help="strength:0.5,1 or checkpoint:A,B"),
+        mode: str | None = typer.Option(None, "--mode", help="With --project: sub, add, subadd or addsub (default: "
+                                        "the project's mode; a new mode is kept)."),
+        force: bool = typer.Option(False, "--force", help="Re-running an analyzer plan: replace a suggested-sheet.toml "
+                                   "you edited."),
         options: dict[str, Any] | None = None,
     ) -> None:
-        """Render a sheet's Sub/Add list, presets, or a saved plan (an analyzer plan re-runs the analysis)."""
+        """Render a sheet's Sub/Add list, presets, or a saved plan (an analyzer plan re-runs the analysis); with
+        --project, the project's sheet in its mode with its settings, recorded as its next iteration."""
         from dataclasses import replace
 
         from lbw.services.plot import load_plan_source, plan_from_presets, plan_from_sheet, read_sheet
 
         assert options is not None  # given by _shared_options
+        if options["project"] is not None:
+            from lbw.services.projects import render_iteration
+
+            given = {"SOURCE": source is not None, "--out": out is not None, "--names": names is not None,
+                     "--lora": bool(lora), "--lora-name": bool(lora_name), "--axis": axis is not None}
+            _project_run(options, given, functools.partial(render_iteration, mode=mode))
+            return
+        if mode is not None:
+            raise RenderError("--mode goes with --project; for a sheet file use --list")
+        if source is None:
+            raise RenderError("give a sheet, presets file, plan.json or grid PNG to plot, or --project NAME")
         settings = _settings_options(options)
-        strength, te_strength, model = options["strength"], options["te_strength"], options["model"]
+        strength, te_strength, model = _strength(options), options["te_strength"], options["model"]
         suffix = source.suffix.lower()
         if suffix in (".json", ".png"):
             plan: Plan = load_plan_source(source)
@@ -332,7 +426,7 @@ def register(app: typer.Typer) -> None:
                 wanted = [n.strip() for n in names.split(",") if n.strip()] if names else []
                 plan = plan_from_presets(text, wanted, where=str(source), name=source.stem, **common)
             target = out or Path("lbw-plot")
-        result = _render(plan, options, target)
+        result = _render(plan, options, target, force=force)
         if plan.kind == "eba":
             print_eba(result)
         else:
@@ -341,9 +435,11 @@ def register(app: typer.Typer) -> None:
     @app.command("eba")
     @_shared_options
     def eba_command(
-        lora: str = typer.Argument(..., help="The LoRA file (or, for a1111/comfyui, its server-side name)."),
-        out: Path = typer.Option(Path("lbw-eba"), "--out", "-o", help="Output folder."),
-        blocks: str = typer.Option("26ALL", "--blocks", help="Blocks to test: IDs, ranges, NOT, or 17ALL/26ALL."),
+        lora: str | None = typer.Argument(None, help="The LoRA file (or, for a1111/comfyui, its server-side name); "
+                                          "none with --project."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default lbw-eba)."),
+        blocks: str | None = typer.Option(None, "--blocks", help="Blocks to test: IDs, ranges, NOT, or 17ALL/26ALL "
+                                          "(default 26ALL; with --project the sheet's open blocks)."),
         range_text: str = typer.Option("0.5,1", "--range", help="probe,base (LBW's Range)."),
         threshold: int = typer.Option(20, "--threshold", help="Diff % counts |difference| > threshold."),
         diff_color: str = typer.Option("black", "--diff-color", help="black or white diff background."),
@@ -352,21 +448,37 @@ def register(app: typer.Typer) -> None:
         unneeded: float = typer.Option(1.0, "--unneeded", help="Diff % below: unneeded."),
         transpose: bool = typer.Option(False, "--transpose", help="Blocks as columns (LBW's change X-Y)."),
         lora_name: str | None = typer.Option(None, "--lora-name", help="Name the web UI knows the LoRA by."),
+        force: bool = typer.Option(False, "--force", help="Replace a suggested-sheet.toml you edited."),
         options: dict[str, Any] | None = None,
     ) -> None:
-        """Effective Block Analyzer: lower each block to the probe value, measure Diff %, rank, classify."""
+        """Effective Block Analyzer: lower each block to the probe value, measure Diff %, rank, classify; with
+        --project, on the project's LoRA with its settings, recorded as its next iteration."""
         from lbw.render.analysis import Thresholds
         from lbw.render.blocks import parse_block_list
         from lbw.services.analyze import eba_plan
 
         assert options is not None  # given by _shared_options
         probe, base = _range(range_text)
-        spec = _lora_specs([lora], [lora_name] if lora_name else [], options["strength"], options["te_strength"])[0]
+        if options["project"] is not None:
+            from lbw.services.projects import run_analysis
+
+            given = {"LORA": lora is not None, "--out": out is not None, "--roi": roi is not None,
+                     "--lora-name": lora_name is not None, "--force": force}
+            it = _project_run(options, given, functools.partial(
+                run_analysis, blocks=None if blocks is None else parse_block_list(blocks), probe=probe, base=base,
+                threshold=threshold, important=important, unneeded=unneeded, transpose=transpose,
+                diff_color=diff_color))
+            _print_project_analysis_end(options["project"], it)
+            return
+        if lora is None:
+            raise RenderError("give the LoRA to analyze, or --project NAME")
+        spec = _lora_specs([lora], [lora_name] if lora_name else [], _strength(options),
+                           options["te_strength"])[0]
         plan = eba_plan(
             spec,
             model=_model(options["model"]),
             settings=_settings(None, **_settings_options(options)),
-            blocks=parse_block_list(blocks),
+            blocks=parse_block_list(blocks or "26ALL"),
             probe=probe,
             base=base,
             threshold=threshold,
@@ -375,7 +487,7 @@ def register(app: typer.Typer) -> None:
             roi=roi,
             thresholds=Thresholds(important, unneeded),
         )
-        print_eba(_render(plan, options, out))
+        print_eba(_render(plan, options, out or Path("lbw-eba"), force=force))
 
 
 def _settings_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -392,6 +504,10 @@ def _settings_options(options: dict[str, Any]) -> dict[str, Any]:
         clip_skip=options["clip_skip"],
         seeds=_seeds(options["seeds"]),
     )
+
+
+def _strength(options: dict[str, Any]) -> float:
+    return 1.0 if options["strength"] is None else float(options["strength"])
 
 
 def _model(value: str | None) -> str | None:

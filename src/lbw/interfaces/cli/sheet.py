@@ -34,6 +34,9 @@ from lbw.interfaces.cli.weights import AlphasOption, ConvAlphasOption, ConvDimsO
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from lbw.services.project_types import ProjectView
+    from lbw.store import Store
+
 _LIST_TITLES = {"sub": "Sub", "add": "Add", "subadd": "SubAdd", "addsub": "AddSub"}
 ALL = "all"
 
@@ -107,7 +110,7 @@ def print_sheet_report(sheet: Sheet, outputs: SheetOutputs) -> None:
     console.print(
         f"[bold]Sheet {markup(sheet.name)}[/] ({sheet.layout.name}, step {format_number(sheet.step)}{bounds})"
     )
-    _print_block_table(console, sheet)
+    print_block_table(console, sheet)
     console.print(f"[bold {'green' if sheet.is_done else 'yellow'}]{markup(sheet.status())}[/]")
 
     def section(title: str, text: str, hint: str = "") -> None:
@@ -146,7 +149,8 @@ def print_sheet_report(sheet: Sheet, outputs: SheetOutputs) -> None:
         )
 
 
-def _print_block_table(console: Console, sheet: Sheet) -> None:
+def print_block_table(console: Console, sheet: Sheet) -> None:
+    """The weight and Fix rows of a sheet, wrapped to the console width."""
     from rich.table import Table
 
     ids = sheet.layout.ids
@@ -279,13 +283,29 @@ def set_command(
     _print_state(file, sheet)
 
 
+ProjectOption = typer.Option(None, "--project", help="Act on this project's sheet instead of a file.")
+WorkspaceOption = typer.Option(Path("lbw-workspace"), "--workspace", envvar="LBW_WORKSPACE",
+                               help="Workspace folder of the projects (or LBW_WORKSPACE).")
+
+
 def fix_command(
-    file: Path = typer.Argument(..., help="Sheet file."),
-    blocks: list[str] = typer.Argument(
-        ..., help="IDs to fix, optionally with a value: IN01=0 OUT06 (or all)."
+    items: list[str] = typer.Argument(
+        ..., metavar="ITEMS", help="Sheet file, then IDs to fix, optionally with a value: IN01=0 OUT06 "
+        "(or all). With --project: IDs, ID=VALUE or cell labels such as SubIN05_0."
     ),
+    project: str | None = ProjectOption,
+    value: float | None = typer.Option(None, "--value", help="With --project: fix the blocks at this value."),
+    keep: bool = typer.Option(False, "--keep", help="With --project and a cell label: fix at the base value."),
+    workspace: Path = WorkspaceOption,
 ) -> None:
-    """Fix blocks (and set their values when given as ID=VALUE)."""
+    """Fix blocks (and set their values when given as ID=VALUE); with --project a cell label takes that cell's
+    value (--keep: the base value)."""
+    if project is not None:
+        _fix_project(project, workspace, items, value, keep)
+        return
+    if value is not None or keep:
+        raise SheetError("--value and --keep go with --project; in a sheet file write ID=VALUE")
+    file, blocks = _file_and_blocks(items)
     sheet = load_sheet(file)
     values, bare = _assignments(blocks, sheet)
     sheet = sheet.set_values(values, fix=True).fix(bare)
@@ -294,10 +314,24 @@ def fix_command(
 
 
 def unfix_command(
-    file: Path = typer.Argument(..., help="Sheet file."),
-    blocks: list[str] = typer.Argument(..., help="IDs to unfix (or all)."),
+    items: list[str] = typer.Argument(..., metavar="ITEMS", help="Sheet file, then IDs to unfix (or all)."),
+    project: str | None = ProjectOption,
+    workspace: Path = WorkspaceOption,
 ) -> None:
     """Unfix blocks so they get Sub/Add variants again."""
+    if project is not None:
+        from lbw.services.projects import get_project, unfix_block
+
+        store = _store(workspace)
+        view = get_project(store, project)
+        values, bare = _assignments(items, view.sheet)
+        if values:
+            raise SheetError("unfix takes block IDs only; use `lbw sheet fix --project P ID=VALUE` to set values")
+        for block in bare:
+            view = unfix_block(store, project, block, expected_version=view.version)
+        _print_project_state(view)
+        return
+    file, blocks = _file_and_blocks(items)
     sheet = load_sheet(file)
     values, bare = _assignments(blocks, sheet)
     if values:
@@ -305,6 +339,51 @@ def unfix_command(
     sheet = sheet.unfix(bare)
     save_sheet(file, sheet)
     _print_state(file, sheet)
+
+
+def _file_and_blocks(items: list[str]) -> tuple[Path, list[str]]:
+    if len(items) < 2:
+        raise SheetError("give the sheet file and the blocks (FILE BLOCKS...), or --project NAME BLOCKS...")
+    return Path(items[0]), items[1:]
+
+
+def _store(workspace: Path) -> Store:
+    from lbw.services.projects import open_workspace
+
+    return open_workspace(workspace, create=False)
+
+
+def _fix_project(project: str, workspace: Path, items: list[str], value: float | None, keep: bool) -> None:
+    """Each item in turn: ID=VALUE, a block ID (at --value or its weight), or a cell label (take / --keep)."""
+    from lbw.services.projects import fix_block, fix_cell, get_project
+
+    store = _store(workspace)
+    view = get_project(store, project)
+    for item in items:
+        for token in item.replace(",", " ").split():
+            block, sep, raw = token.partition("=")
+            if sep:
+                if keep:
+                    raise SheetError("--keep goes with cell labels, not ID=VALUE")
+                number = parse_number(raw, what=f"value for {block}")
+                view = fix_block(store, project, block, number, expected_version=view.version)
+            elif token.lower() == ALL or canonical_block_id(token) in view.sheet.layout:
+                if keep:
+                    raise SheetError("--keep goes with cell labels such as SubIN05_0, not block IDs")
+                ids = view.sheet.layout.ids if token.lower() == ALL else (canonical_block_id(token),)
+                for block_id in ids:
+                    view = fix_block(store, project, block_id, value, expected_version=view.version)
+            else:
+                if value is not None:
+                    raise SheetError(f"--value goes with block IDs; {token!r} is a cell label (its value is in it)")
+                view = fix_cell(store, project, token, take=not keep, source="command",
+                                expected_version=view.version)
+    _print_project_state(view)
+
+
+def _print_project_state(view: ProjectView) -> None:
+    print(shown(f"saved project {view.name} (version {view.version}): {view.sheet.status()}"))
+    print(shown(view.sheet.weight_line()))
 
 
 def show_command(

@@ -166,7 +166,7 @@ ConvAlphasOption = Annotated[str | None, typer.Option("--conv-alphas", help=f"co
 
 def sdscripts_command(
     text: str | None = typer.Argument(
-        None, help="LBW weights for down/mid/up_lr_weight (optional when --dims is given)."
+        None, help="LBW weights for down/mid/up_lr_weight, or a sheet file (.toml); optional when --dims is given."
     ),
     dims: DimsOption = None,
     alphas: AlphasOption = None,
@@ -175,8 +175,15 @@ def sdscripts_command(
     layout: str | None = typer.Option(
         None, "--layout", help="Layout for single numbers when no vector says it: 26 (SD, default) or 20 (SDXL)."
     ),
+    project: str | None = typer.Option(None, "--project", help="Use this project's sheet as the weights."),
+    workspace: Path = typer.Option(Path("lbw-workspace"), "--workspace", envvar="LBW_WORKSPACE",
+                                   help="Workspace folder of the projects (or LBW_WORKSPACE)."),
 ) -> None:
     """sd-scripts --network_args: block lr weights from LBW weights, block_dims/alphas from a rank per block."""
+    if project is not None or (text is not None and text.strip().lower().endswith(".toml")):
+        from lbw.services.projects import weights_text
+
+        text = weights_text(text, project=project, workspace=workspace, option="WEIGHTS")
     weights = parse_weights(text) if text is not None else None
     if layout is not None:
         target = layout_option(layout, "--layout")
