@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch keeps installs small; set TORCH_SPEC="torch" (or a CUDA build) on a GPU machine.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint bench clean system-deps
+.PHONY: demo web test lint bench clean system-deps
 
 # Debian packages the workbench's browser tests need: the chromium package (Playwright drives it through
 # executable_path; no browser is ever downloaded) and a CJK font so Japanese labels draw as glyphs.
@@ -41,6 +41,9 @@ system-deps:
 
 demo: $(BIN)/lbw
 	$(BIN)/lbw demo
+
+web: $(BIN)/lbw
+	$(BIN)/lbw web --demo
 
 test: $(BIN)/lbw system-deps
 	$(BIN)/ruff check .

@@ -361,15 +361,35 @@ def default_bake_name(view: ProjectView) -> str:
 
 def factor_rows(store: Store, name: str, roots: Roots) -> list[tuple[str, str, str, str, str, str]]:
     """The bake's factor table for the project's sheet (block, ratio, multiplier, factor, modules, note)."""
-    from lbw.files.lora_file import LoraFile
     from lbw.services.projects import get_project
     from lbw.services.resolve import format_factor_table, resolve_for_file
 
     view = get_project(store, name)
     source = roots.check(view.settings.lora or "", kind="lora", must_exist=True)
-    with LoraFile.open(source) as lora:
-        plan = resolve_for_file(view.sheet.weights, lora.modules, lora.architecture, where=str(source))
+    modules, architecture = _modules_of(source)
+    plan = resolve_for_file(view.sheet.weights, modules, architecture, where=str(source))
     return format_factor_table(plan)
+
+
+_modules_cache: dict[tuple[str, int, int], tuple[tuple[Any, ...], str]] = {}
+
+
+def _modules_of(path: Path) -> tuple[tuple[Any, ...], str]:
+    """A LoRA's modules and architecture, read once per file version (path, time, size): the factor table is
+    redrawn after every click, and resolving needs only the modules' names and blocks, never their tensors."""
+    from lbw.files.lora_file import LoraFile
+
+    key = _stamp(path)
+    with _cache_lock:
+        cached = _modules_cache.get(key)
+    if cached is None:
+        with LoraFile.open(path) as lora:
+            cached = (tuple(lora.modules), lora.architecture)
+        with _cache_lock:
+            if len(_modules_cache) > 32:
+                _modules_cache.clear()
+            _modules_cache[key] = cached
+    return cached
 
 
 def bake_project(

@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
 
 
 def web_command(
-    workspace: Path = typer.Option(Path("lbw-workspace"), "--workspace", help="The projects' folder (created)."),
+    workspace: Path = typer.Option(Path("lbw-workspace"), "--workspace", envvar="LBW_WORKSPACE",
+                                   help="Workspace folder of the projects (or LBW_WORKSPACE; created)."),
     loras: list[Path] = typer.Option([], "--loras", help="A folder of LoRA files the page may use (repeatable)."),
     models: list[Path] = typer.Option([], "--models", help="A folder of models the page may use (repeatable)."),
     port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="TCP port."),

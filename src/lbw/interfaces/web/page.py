@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -34,6 +35,8 @@ CSS = """
 """
 
 Refresher = Callable[..., list[Any]]
+# Reads of the store memoised for the length of one redraw (several tabs ask for the same iterations).
+_memo: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar("lbw_web_memo", default=None)
 
 
 def empty_session(project: str | None = None) -> dict[str, Any]:
@@ -70,6 +73,17 @@ class Page:
             return "⚠ " + self.t("msg.conflict")
         return "⚠ " + self.t("msg.error", message=printable(str(error)))
 
+    @staticmethod
+    def read(fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` (a read of the store), computed once per redraw: the tabs redraw from one snapshot."""
+        memo = _memo.get()
+        if memo is None:
+            return fn(*args)
+        key = (fn, args)
+        if key not in memo:
+            memo[key] = fn(*args)
+        return memo[key]
+
     # ----------------------------------------------------------------------------------------- session
     def project(self, session: dict[str, Any]) -> Any:
         """The session's project as stored now (ProjectError when the tab has none)."""
@@ -91,14 +105,27 @@ class Page:
         return name, int(version)
 
     @staticmethod
-    def after(view: Any, session: dict[str, Any]) -> dict[str, Any]:
-        """The session after a change: the project's new version and a new tick (fires the refresh)."""
-        return {"project": view.name, "version": view.version, "tick": int((session or {}).get("tick", 0)) + 1}
+    def after(view: Any, session: dict[str, Any], scope: str = "all") -> dict[str, Any]:
+        """The session after a change: the project's new version and a new tick (fires the redraw).
+
+        ``scope="sheet"`` (a change of the sheet or mode only) redraws only what a sheet shows, as long as no
+        iteration appeared since this tab last drew (another tab's render): then everything is redrawn.
+        """
+        same = (session or {}).get("project") == view.name and (session or {}).get("iterations") == \
+            view.iteration_count
+        return {"project": view.name, "version": view.version, "tick": int((session or {}).get("tick", 0)) + 1,
+                "scope": scope if same else "all", "iterations": view.iteration_count}
 
     @staticmethod
     def bumped(session: dict[str, Any]) -> dict[str, Any]:
-        """The same project and version, a new tick (after a render: iterations changed, the version not)."""
-        return {**(session or {}), "tick": int((session or {}).get("tick", 0)) + 1}
+        """The same project and version, a new tick and a full redraw (after a render: new iterations)."""
+        return {**(session or {}), "tick": int((session or {}).get("tick", 0)) + 1, "scope": "all",
+                "iterations": None}
+
+    @staticmethod
+    def sheet_only(session: dict[str, Any]) -> bool:
+        """True when this redraw follows a change of the sheet or mode only (tabs skip what cannot change)."""
+        return (session or {}).get("scope") == "sheet"
 
     # ----------------------------------------------------------------------------------------- wiring
     def on_refresh(self, outputs: Sequence[Any], inputs: Sequence[Any] = ()) -> Callable[[Refresher], Refresher]:
@@ -182,6 +209,8 @@ class Page:
             job = self.ctx.queue.get(job_id) if isinstance(job_id, int) else None
             if job is None:
                 return gr.skip()
+            if job.snapshot().finished:
+                return self.t("msg.already_finished")
             job.cancel()
             return "■ " + self.t("plot.cancel") + "…"
 
@@ -265,6 +294,13 @@ class Page:
         return self.after(view, session), ""
 
     def _refresh(self, session: dict[str, Any], *extra: Any) -> list[Any]:
+        token = _memo.set({})
+        try:
+            return self._redraw(session, *extra)
+        finally:
+            _memo.reset(token)
+
+    def _redraw(self, session: dict[str, Any], *extra: Any) -> list[Any]:
         started = time.perf_counter()
         view = None
         message: Any = gr.skip()

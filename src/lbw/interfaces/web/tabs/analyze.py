@@ -41,7 +41,7 @@ def build(page: Any) -> None:
         from lbw.services.projects import list_iterations
 
         return [(f"#{it.number} ({it.created[:16].replace('T', ' ')})", it.number)
-                for it in list_iterations(ctx.store, name) if it.kind == "eba"]
+                for it in page.read(list_iterations, ctx.store, name) if it.kind == "eba"]
 
     def table_rows(name: str, number: int, important_v: Any, unneeded_v: Any) -> tuple[list[list[Any]], str]:
         from lbw.services.projects import analysis_table
@@ -62,11 +62,13 @@ def build(page: Any) -> None:
 
         if view is None:
             return [gr.Dropdown(choices=[], value=None), [], "", gr.Dropdown(choices=[]), [], []]
+        if page.sheet_only(session):  # the analyses did not change
+            return [gr.skip()] * 6
         choices = runs(view.name)
         if not choices:
             return [gr.Dropdown(choices=[], value=None), [], t("analyze.none"), gr.Dropdown(choices=[]), [], []]
         number = choices[-1][1]
-        iteration = get_iteration(ctx.store, view.name, number)
+        iteration = page.read(get_iteration, ctx.store, view.name, number)
         rows, summary = table_rows(view.name, number, important_v, unneeded_v)
         blocks = [r[1] for r in rows]
         first = blocks[0] if blocks else None
@@ -78,7 +80,7 @@ def build(page: Any) -> None:
         from lbw.services.projects import get_iteration
         from lbw.services.workbench import analysis_images
 
-        iteration = get_iteration(ctx.store, name, number)
+        iteration = page.read(get_iteration, ctx.store, name, number)
         return [(str(path), caption) for path, caption in analysis_images(ctx.store, iteration, block)]
 
     def reclassify(session: dict[str, Any], number: Any, important_v: Any, unneeded_v: Any) -> tuple[Any, ...]:
@@ -99,7 +101,7 @@ def build(page: Any) -> None:
         if number is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         rows, summary = table_rows(name, int(number), important_v, unneeded_v)
-        iteration = get_iteration(ctx.store, name, int(number))
+        iteration = page.read(get_iteration, ctx.store, name, int(number))
         blocks = [r[1] for r in rows]
         return "", rows, summary, gr.Dropdown(choices=blocks, value=blocks[0] if blocks else None), \
             [(str(p), p.stem) for p in iteration.grids]
@@ -155,7 +157,7 @@ def build(page: Any) -> None:
             raise ProjectError(t("analyze.none"))
         view = start_sheet_from_analysis(ctx.store, name, int(number), important=_float(important_v),
                                          unneeded=_float(unneeded_v), source="click", expected_version=version)
-        return "✓ " + view.sheet.status(), page.after(view, session)
+        return "✓ " + view.sheet.status(), page.after(view, session, "sheet")
 
     page.action(start_btn.click, start_sheet, [page.session, run_pick, important, unneeded],
                 [page.message, page.session])

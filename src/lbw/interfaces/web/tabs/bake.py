@@ -9,6 +9,8 @@ from typing import Any
 
 import gradio as gr
 
+COVER_ITERATIONS = 3  # the cover list offers the cells of the latest grids
+
 
 def build(page: Any) -> None:
     """Add the Bake & share tab to ``page``."""
@@ -48,18 +50,16 @@ def build(page: Any) -> None:
             meta_result = gr.Markdown(elem_id="lbw-meta-result")
 
     def cover_choices(name: str) -> list[tuple[str, str]]:
+        """The cells of the latest few grids (newest first): a cover is usually one just rendered."""
         from lbw.services.projects import get_iteration, list_iterations
 
         choices = []
-        for summary in reversed(list_iterations(ctx.store, name)):
-            if summary.kind == "eba":
-                continue
-            view = get_iteration(ctx.store, name, summary.number)
+        plots = [s for s in page.read(list_iterations, ctx.store, name) if s.kind != "eba"]
+        for summary in reversed(plots[-COVER_ITERATIONS:]):
+            view = page.read(get_iteration, ctx.store, name, summary.number)
             for cell in sorted(view.cells, key=lambda c: (c.position, c.seed)):
                 label = f"#{view.number} {cell.label} · {t('plot.seed', seed=cell.seed)}"
                 choices.append((label, ctx.roots.relative(cell.image)))
-            if len(choices) > 400:
-                break
         return choices
 
     @page.on_refresh([state, factors, out_name, target, cover], inputs=[out_name, target, cover])
@@ -77,6 +77,8 @@ def build(page: Any) -> None:
             rows = [list(row) for row in factor_rows(ctx.store, view.name, ctx.roots)]
         except LbwError as error:
             rows, note = [], note + "\n\n" + page.error_text(error)
+        if page.sheet_only(session):  # no new bake or cell: the files and covers stay
+            return [note, rows, name_v or default_bake_name(view), gr.skip(), gr.skip()]
         files = baked_files(ctx.roots)
         covers = cover_choices(view.name)
         cover_values = [v for _, v in covers]

@@ -35,7 +35,7 @@ def build(page: Any) -> None:
     def grid_of(name: str, number: int) -> str | None:
         from lbw.services.projects import get_iteration
 
-        view = get_iteration(ctx.store, name, number)
+        view = page.read(get_iteration, ctx.store, name, number)
         return grid_path(view)
 
     def grid_path(view: Any) -> str | None:
@@ -60,12 +60,12 @@ def build(page: Any) -> None:
         cached = localized_grid_path(summary.grid, page.lang)
         if cached.is_file():
             return str(cached)
-        return grid_path(get_iteration(ctx.store, name, summary.number))
+        return grid_path(page.read(get_iteration, ctx.store, name, summary.number))
 
     def describe(name: str, number: int) -> str:
         from lbw.services.projects import get_iteration
 
-        view = get_iteration(ctx.store, name, number)
+        view = page.read(get_iteration, ctx.store, name, number)
         lines = [f"**#{view.number} {page.mode_name(view.kind)}** · {view.created[:19].replace('T', ' ')}",
                  f"{t('history.col.weights')}: `{view.sheet_before.weight_line()}`", "",
                  f"{t('history.decisions')}:"]
@@ -78,16 +78,20 @@ def build(page: Any) -> None:
 
         if view is None:
             return [[], [], gr.Dropdown(choices=[]), "", gr.Dropdown(choices=[]), gr.Dropdown(choices=[]), ""]
+        log_text = "\n".join(f"{e.created[:19].replace('T', ' ')}  {e.text}" for e in project_log(ctx.store,
+                                                                                                    view.name))
+        if page.sheet_only(session):  # the same iterations: their decisions and the log changed
+            latest = view.latest.number if view.latest is not None else None
+            return [gr.skip(), gr.skip(), gr.skip(), describe(view.name, latest) if latest is not None else "",
+                    gr.skip(), gr.skip(), log_text]
         rows, thumbs_v, choices = [], [], []
-        for it in list_iterations(ctx.store, view.name):
+        for it in page.read(list_iterations, ctx.store, view.name):
             rows.append([it.number, page.mode_name(it.kind), it.cell_count, it.created[:19].replace("T", " ")])
             path = thumb_path(view.name, it)
             if path:
                 thumbs_v.append((path, f"#{it.number} {page.mode_name(it.kind)}"))
             choices.append((f"#{it.number} {page.mode_name(it.kind)}", it.number))
         latest = choices[-1][1] if choices else None
-        log_text = "\n".join(f"{e.created[:19].replace('T', ' ')}  {e.text}" for e in project_log(ctx.store,
-                                                                                                   view.name))
         return [rows, thumbs_v, gr.Dropdown(choices=choices, value=latest),
                 describe(view.name, latest) if latest is not None else "",
                 gr.Dropdown(choices=choices), gr.Dropdown(choices=choices), log_text]
@@ -108,7 +112,7 @@ def build(page: Any) -> None:
         if number is None:
             raise ProjectError(t("plot.no_iteration"))
         view = undo_to(ctx.store, name, int(number), source="click", expected_version=version)
-        return "✓ " + t("msg.undo", number=int(number)), page.after(view, session)
+        return "✓ " + t("msg.undo", number=int(number)), page.after(view, session, "sheet")
 
     page.action(back_btn.click, go_back, [page.session, pick], [page.message, page.session])
 

@@ -49,7 +49,7 @@ def build(page: Any) -> None:
         from lbw.services.projects import list_iterations
 
         return [(f"#{it.number} {page.mode_name(it.kind)} ({it.cell_count})", it.number)
-                for it in list_iterations(ctx.store, name) if it.kind != "eba"]
+                for it in page.read(list_iterations, ctx.store, name) if it.kind != "eba"]
 
     def caption(cell: Any) -> str:
         parts = [cell.label]
@@ -65,7 +65,7 @@ def build(page: Any) -> None:
 
         if number is None:
             return gr.Gallery(value=[], columns=2, visible=visible), []
-        view = get_iteration(ctx.store, name, int(number))
+        view = page.read(get_iteration, ctx.store, name, int(number))
         cells = sorted(view.cells, key=lambda c: (c.position, c.seed))
         seeds = sorted({c.seed for c in cells})
         items = [(str(c.image), caption(c)) for c in cells]
@@ -89,6 +89,9 @@ def build(page: Any) -> None:
         if view is None:
             return [gr.skip(), gr.skip(), t("app.no_project"), gr.Dropdown(choices=[], value=None),
                     gr.Dropdown(choices=[], value=None), gr.Gallery(value=[]), [], gr.Gallery(visible=False), []]
+        button = gr.Button(value=t("plot.render", mode=page.mode_name(view.mode)))
+        if page.sheet_only(session):  # the grids did not change: only the mode and the open blocks
+            return [view.mode, button, status_line(view), *[gr.skip()] * 6]
         choices = iterations(view.name)
         numbers = [n for _, n in choices]
         latest = numbers[-1] if numbers else None
@@ -96,7 +99,7 @@ def build(page: Any) -> None:
         gal_a, info_a = gallery(view.name, latest)
         gal_b, info_b = gallery(view.name, keep, visible=keep is not None)
         note = status_line(view) if numbers else t("plot.no_iteration") + " " + status_line(view)
-        return [view.mode, gr.Button(value=t("plot.render", mode=page.mode_name(view.mode))), note,
+        return [view.mode, button, note,
                 gr.Dropdown(choices=choices, value=latest), gr.Dropdown(choices=[("—", NONE), *choices],
                                                                         value=keep if keep is not None else NONE),
                 gal_a, info_a, gal_b, info_b]
@@ -148,8 +151,8 @@ def build(page: Any) -> None:
             view = fix_cell(ctx.store, name, cell["label"], take=take, iteration=int(cell["iteration"]),
                             source="click", expected_version=version)
             block = cell["block"]
-            return ("✓ " + t("msg.fixed", block=block, value=_fmt(view.sheet.value(block))), page.after(view, session),
-                    gr.Group(visible=False), None)
+            message = "✓ " + t("msg.fixed", block=block, value=_fmt(view.sheet.value(block)))
+            return message, page.after(view, session, "sheet"), gr.Group(visible=False), None
 
         run.__name__ = "take" if take else "keep"
         return run
@@ -162,7 +165,7 @@ def build(page: Any) -> None:
 
         name, version = page.checked(session)
         view = set_mode(ctx.store, name, kind, source="click", expected_version=version)
-        return "✓ " + t("msg.mode", mode=page.mode_name(kind)), page.after(view, session)
+        return "✓ " + t("msg.mode", mode=page.mode_name(kind)), page.after(view, session, "sheet")
 
     page.action(mode.input, switch_mode, [page.session, mode], [page.message, page.session])
 

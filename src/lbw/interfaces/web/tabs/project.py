@@ -88,6 +88,8 @@ def build(page: Any) -> None:
         from lbw.services.projects import list_projects
         from lbw.services.workbench import model_choices, with_seeds_text
 
+        if page.sheet_only(session):
+            return [gr.skip()] * (3 + len(fields))
         names = [v.name for v in list_projects(ctx.store)]
         rows, lora_choices = catalogue_rows()
         models = [(shown, str(path)) for shown, path in model_choices(ctx.roots)]

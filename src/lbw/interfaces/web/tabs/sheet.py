@@ -3,6 +3,7 @@ row beside it), name, step, bounds and mode, and every output of the original sh
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 from typing import Any
@@ -70,7 +71,7 @@ def build(page: Any) -> None:
             except LbwError:
                 shares = {}
         diffs: dict[str, float] = {}
-        found = latest_analysis(ctx.store, view.name)
+        found = page.read(latest_analysis, ctx.store, view.name)
         if found is not None:
             diffs = {row.block: row.score for row in found[1].rows}
         hints = hint_values(sheet.layout, hint_name)
@@ -92,14 +93,7 @@ def build(page: Any) -> None:
         return list(table.rows[0].cells) if table.rows else None
 
     def output_values(view: Any) -> list[str]:
-        from lbw.domain.sheet import sheet_outputs
-
-        out = sheet_outputs(view.sheet)
-        values = [out.weight, out.eba_blocks, out.prompt_tag]
-        for kind in LIST_KINDS:
-            values += [out.lists[kind].preset_text(), out.lists[kind].prompt_sr()]
-        values.append(out.sd_scripts.text())
-        return values
+        return list(_outputs(view.sheet))
 
     def status_line(view: Any) -> str:
         sheet = view.sheet
@@ -127,7 +121,7 @@ def build(page: Any) -> None:
 
         name_, version = page.checked(session)
         view = set_mode(ctx.store, name_, kind, source="click", expected_version=version)
-        return "✓ " + t("msg.mode", mode=t(f"mode.{kind}")), page.after(view, session)
+        return "✓ " + t("msg.mode", mode=t(f"mode.{kind}")), page.after(view, session, "sheet")
 
     page.action(mode.input, switch_mode, [page.session, mode], [page.message, page.session])
 
@@ -152,7 +146,7 @@ def build(page: Any) -> None:
         if new.layout != sheet.layout:
             raise ProjectError("the sheet's layout cannot change here")
         view = replace_sheet(ctx.store, name_, new, source="click", expected_version=version)
-        return "✓ " + t("msg.saved"), page.after(view, session)
+        return "✓ " + t("msg.saved"), page.after(view, session, "sheet")
 
     page.action(apply_btn.click, apply, [page.session, table, name, step, lower, upper],
                 [page.message, page.session])
@@ -176,9 +170,22 @@ def build(page: Any) -> None:
             raise ProjectError(f"cannot read the sheet file: {error}") from None
         sheet = sheet_from_toml(text_, where=Path(path).name)
         view = replace_sheet(ctx.store, name_, sheet, source="command", expected_version=version)
-        return "✓ " + t("msg.saved"), page.after(view, session)
+        return "✓ " + t("msg.saved"), page.after(view, session, "sheet")
 
     page.action(upload.upload, import_toml, [page.session, upload], [page.message, page.session])
+
+
+@functools.lru_cache(maxsize=32)
+def _outputs(sheet: Any) -> tuple[str, ...]:
+    """Every output string of a sheet (computed once per sheet: the page redraws after every click)."""
+    from lbw.domain.sheet import sheet_outputs
+
+    out = sheet_outputs(sheet)
+    values = [out.weight, out.eba_blocks, out.prompt_tag]
+    for kind in LIST_KINDS:
+        values += [out.lists[kind].preset_text(), out.lists[kind].prompt_sr()]
+    values.append(out.sd_scripts.text())
+    return tuple(values)
 
 
 def _number(value: Any, what: str) -> float:
