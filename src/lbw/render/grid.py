@@ -1,6 +1,7 @@
 """Grid images: cells under column headers and beside row headers, saved as PNG with the plan embedded.
 
-Labels scale with the cell size (readable at 512 px cells, still legible at 64 px), long labels wrap.
+Labels scale with the cell size (readable at 512 px cells, still legible at 64 px), long labels wrap; Japanese
+(or any non-Latin) labels and titles draw with a CJK font found at run time (``lbw.render.fonts``).
 The plan travels inside the PNG as an ``lbw_plan`` text chunk, so a grid alone says how it was made.
 
 Example:
@@ -22,6 +23,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from lbw.errors import RenderError
 from lbw.files.atomic import write_bytes_atomic
+from lbw.render.fonts import label_font, needs_wide_font
 
 PLAN_CHUNK = "lbw_plan"
 BACKGROUND = (255, 255, 255)
@@ -57,7 +59,7 @@ def compose_grid(
         raise RenderError(
             f"grid has {rows}x{columns} cells but {len(row_labels)}x{len(column_labels)} labels"
         )
-    font = ImageFont.load_default(size=font_size_for(cell_w))
+    font = label_font(font_size_for(cell_w), [*row_labels, *column_labels, title or ""])
     line_h = font.size + font.size // 3
     pad = max(gap, font.size // 2)  # space between a label and its cells
     row_texts = [_wrap(label, font, max(cell_w * 2, 160)) for label in row_labels]
@@ -108,11 +110,12 @@ def _text_width(text: str, font: ImageFont.FreeTypeFont) -> int:
 
 
 def _wrap(label: str, font: ImageFont.FreeTypeFont, width: int) -> str:
-    """Greedy word wrap of each line to ``width`` pixels (words longer than a line stay whole)."""
+    """Greedy word wrap of each line to ``width`` pixels (Latin words longer than a line stay whole; Japanese,
+    written without spaces, breaks between characters)."""
     lines: list[str] = []
     for paragraph in label.splitlines() or [""]:
         current = ""
-        for word in paragraph.split(" "):
+        for word in _words(paragraph, font, width):
             candidate = f"{current} {word}" if current else word
             if current and font.getlength(candidate) > width:
                 lines.append(current)
@@ -121,6 +124,23 @@ def _wrap(label: str, font: ImageFont.FreeTypeFont, width: int) -> str:
                 current = candidate
         lines.append(current)
     return "\n".join(lines)
+
+
+def _words(paragraph: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+    words: list[str] = []
+    for word in paragraph.split(" "):
+        if font.getlength(word) <= width or not needs_wide_font(word):
+            words.append(word)
+            continue
+        piece = ""
+        for ch in word:
+            if piece and font.getlength(piece + ch) > width:
+                words.append(piece)
+                piece = ch
+            else:
+                piece += ch
+        words.append(piece)
+    return words
 
 
 def png_bytes(image: Image.Image, text: Mapping[str, str] | None = None) -> bytes:

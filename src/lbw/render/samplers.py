@@ -32,6 +32,7 @@ _TABLE: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}, None),
     "UniPC": ("UniPCMultistepScheduler", {}, "uni_pc"),
 }
+SAMPLER_NAMES: tuple[str, ...] = tuple(_TABLE)  # for lists in pages and help texts
 _KARRAS_OK = {
     "Euler",
     "Euler a",

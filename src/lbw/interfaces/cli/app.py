@@ -45,6 +45,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lbw.interfaces.cli.project",
     "lbw.interfaces.cli.demo",
     "lbw.interfaces.cli.world",
+    "lbw.interfaces.cli.web",
 )
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

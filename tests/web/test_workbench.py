@@ -1,0 +1,320 @@
+"""The workbench in a real browser (Debian's chromium through Playwright) against a real ``lbw web --demo`` server:
+the founding tutorial's loop end to end, the pages in Japanese, two tabs on one project, path escapes, cancel.
+
+What the page shows is checked in the page; what it wrote is checked in the project store and on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+from lbw.services.projects import create_project, get_iteration, get_project, list_iterations, open_workspace
+
+TABS = {
+    "en": ("Project", "Analyze", "Sheet", "Plot", "History", "Bake & share"),
+    "ja": ("プロジェクト", "分析", "シート", "プロット", "履歴", "焼き込みと配布"),
+}
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def open_project(page, server, project: str = "demo", lang: str = "en") -> None:
+    page.goto(f"{server.url}/{lang}/?project={project}")
+    expect(page.locator("#lbw-project-picker input")).to_have_value(project, timeout=90_000)
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+PENDING = re.compile(r"^\s*(processing|\d+(\.\d+)?s)")
+
+
+def tick(page) -> str:
+    """The session tick of the page's last finished redraw."""
+    return page.locator("#lbw-tick").text_content() or ""
+
+
+def act(page, click, needle: str, timeout: float = 400, *, redraw: bool = True) -> str:
+    """Click, then wait until the message line changes to a text containing ``needle`` and (unless the action
+    failed or ``redraw=False``) the page has redrawn from the store; returns the message."""
+    line = page.locator("#lbw-message")
+    before, drawn = line.inner_text(), tick(page)
+    click()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = line.inner_text()
+        if PENDING.match(now):  # Gradio's timer while an event runs
+            page.wait_for_timeout(100)
+            continue
+        if now != before and (needle in now or "⚠" in now):
+            assert needle in now, now
+            while redraw and "⚠" not in now and tick(page) == drawn and time.monotonic() < deadline:
+                page.wait_for_timeout(100)
+            return now
+        page.wait_for_timeout(200)
+    raise AssertionError(f"no message with {needle!r} within {timeout} s (still {line.inner_text()!r})")
+
+
+def store_of(server):
+    return open_workspace(server.workspace)
+
+
+def thumbnails(page, gallery: str = "#lbw-cells-a"):
+    return page.locator(f"{gallery} button.thumbnail-item")
+
+
+def test_tutorial_loop(demo_server, page_factory, shoot):
+    store = store_of(demo_server)
+    page = page_factory("en")
+    open_project(page, demo_server)
+    shoot(page, "en-1-project")
+
+    # 1. the Effective Block Analyzer, with progress, then its ranked table
+    tab(page, "Analyze")
+    act(page, lambda: page.locator("#lbw-analyze").click(), "Rendered iteration 1")
+    analysis = get_iteration(store, "demo", 1).analysis
+    assert analysis is not None and len(analysis.rows) == 26 and not analysis.no_change
+    table = page.locator("#lbw-analysis-table")
+    expect(table).to_contain_text(analysis.rows[0].block)
+    note = page.locator("#lbw-analysis-note")
+    expect(note).to_contain_text("important")
+    counts = {c: sum(r.category == c for r in analysis.rows) for c in ("important", "unneeded", "unclear")}
+    expect(note).to_have_text(re.compile(rf"important {counts['important']}, unneeded {counts['unneeded']}"))
+    shoot(page, "en-2-analyze")
+
+    # 2. thresholds move, the classes follow at once, nothing is rendered again
+    page.locator("#lbw-important input").fill("99")
+    page.locator("#lbw-important input").press("Tab")
+    expect(note).to_contain_text("important 0,")
+    assert len(list_iterations(store, "demo")) == 1
+    page.locator("#lbw-important input").fill("5")
+    page.locator("#lbw-important input").press("Tab")
+    expect(note).to_contain_text(f"important {counts['important']},")
+
+    # 3. start the sheet from the analysis: important 1 fixed, unneeded 0 fixed, unclear 0.5 open
+    act(page, lambda: page.locator("#lbw-start-sheet").click(), "open:")
+    sheet = get_project(store, "demo").sheet
+    unclear = [r.block for r in analysis.rows if r.category == "unclear"]
+    assert len(unclear) >= 4, "the demo LoRA should leave a few blocks unclear"
+    assert set(sheet.unfixed_ids) == set(unclear)
+    assert all(sheet.value(b) == 0.5 for b in unclear)
+
+    # 4. render Sub: one row per open block (and the base), one column per seed
+    tab(page, "Plot")
+    act(page, lambda: page.locator("#lbw-render").click(), "Rendered iteration 2")
+    seeds = len(get_project(store, "demo").settings.seeds)
+    expect(thumbnails(page)).to_have_count((1 + len(unclear)) * seeds)
+    iteration = get_iteration(store, "demo", 2)
+    cells = sorted(iteration.cells, key=lambda c: (c.position, c.seed))
+    assert [c.label for c in cells[:seeds]] == ["Sub"] * seeds
+
+    # 5. click two cells: take the first variant's value, keep the second's base value
+    first, second = cells[seeds], cells[2 * seeds]
+    thumbnails(page).nth(seeds).click()
+    expect(page.locator("#lbw-selected")).to_contain_text(first.label)
+    expect(page.locator("#lbw-take")).to_contain_text(f"fix {first.block} at 0")
+    shoot(page, "en-4-plot")
+    act(page, lambda: page.locator("#lbw-take").click(), f"{first.block} fixed at 0")
+    thumbnails(page).nth(2 * seeds).click()
+    expect(page.locator("#lbw-keep")).to_contain_text(f"fix {second.block} at 0.5")
+    act(page, lambda: page.locator("#lbw-keep").click(), f"{second.block} fixed at 0.5")
+    view = get_project(store, "demo")
+    assert view.sheet.value(first.block) == 0.0 and first.block in view.sheet.fixed
+    assert view.sheet.value(second.block) == 0.5 and second.block in view.sheet.fixed
+    decisions = get_iteration(store, "demo", 2).decisions
+    assert [(d.action, d.block, d.source) for d in decisions] == [("take", first.block, "click"),
+                                                                  ("keep", second.block, "click")]
+
+    # 6. reload the page: the state is kept (it lives in the store, not in the page)
+    page.reload()
+    expect(page.locator("#lbw-project-picker input")).to_have_value("demo", timeout=90_000)
+    tab(page, "Sheet")
+    expect(page.locator("#lbw-weight textarea")).to_have_value(view.sheet.weight_line())
+    expect(page.locator("#lbw-sheet-status")).to_contain_text(f"{len(unclear) - 2} blocks not fixed yet")
+    shoot(page, "en-3-sheet")
+
+    # 7. SubAdd at step 0.25
+    page.locator("#lbw-step input").fill("0.25")
+    act(page, lambda: page.locator("#lbw-sheet-apply").click(), "Saved")
+    assert get_project(store, "demo").sheet.step == 0.25
+    tab(page, "Plot")
+    act(page, lambda: page.locator("#lbw-plot-mode").get_by_text("SubAdd", exact=True).click(), "Mode: SubAdd")
+    act(page, lambda: page.locator("#lbw-render").click(), "Rendered iteration 3")
+    open_blocks = len(unclear) - 2
+    expect(thumbnails(page)).to_have_count((2 + 2 * open_blocks) * seeds)
+    labels = [c.label for c in sorted(get_iteration(store, "demo", 3).cells, key=lambda c: (c.position, c.seed))]
+    assert any(label.endswith("_0.25") for label in labels) and any(label.endswith("_0.75") for label in labels)
+
+    # 8. finish: every remaining block fixed by clicking its Sub cell (take) in this SubAdd grid
+    for _ in range(open_blocks):
+        remaining = get_project(store, "demo").sheet.unfixed_ids
+        cells3 = sorted(get_iteration(store, "demo", 3).cells, key=lambda c: (c.position, c.seed))
+        index = next(i for i, c in enumerate(cells3) if c.block == remaining[0] and c.label.startswith("Sub"))
+        thumbnails(page).nth(index).click()
+        expect(page.locator("#lbw-take")).to_contain_text(f"fix {remaining[0]} at")
+        act(page, lambda: page.locator("#lbw-take").click(), f"{remaining[0]} fixed at")
+    done = get_project(store, "demo").sheet
+    assert done.is_done
+    expect(page.locator("#lbw-plot-status")).to_contain_text("All blocks fixed")
+    tab(page, "History")
+    expect(page.locator("#lbw-history-table")).to_contain_text("SubAdd")
+    shoot(page, "en-5-history")
+
+    # 9. bake the finished sheet; verify shows the maximum relative error per block
+    tab(page, "Bake & share")
+    expect(page.locator("#lbw-bake-state")).to_contain_text("All blocks fixed")
+    act(page, lambda: page.locator("#lbw-bake").click(), "Written: baked/")
+    expect(page.locator("#lbw-bake-result")).to_contain_text("verify: max")
+    baked = sorted((demo_server.workspace / "baked").glob("*.safetensors"))
+    assert len(baked) == 1
+    from lbw.services.sources import Defaults, SourceSpec, open_source
+    from lbw.services.verify import verify
+
+    source = get_project(store, "demo").settings.lora
+    opened = open_source(SourceSpec(source, None, done.weight_line(), "x"), Defaults())
+    report = verify(baked[0], [opened])
+    opened.lora.close()
+    assert report.passed and report.blocks
+    shown = page.locator("#lbw-verify-table")
+    for block in (report.blocks[0], report.blocks[-1]):
+        expect(shown).to_contain_text(block.block)
+
+    # 10. metadata with a cover chosen from a rendered cell
+    expect(page.locator("#lbw-meta-file input")).to_have_value(f"baked/{baked[0].name}")
+    page.locator("#lbw-meta-cover input").click()
+    page.get_by_role("option").first.click()
+    page.locator("#lbw-meta-keywords textarea, #lbw-meta-keywords input").first.fill("gobuhime, long hair")
+    shoot(page, "en-6-bake")
+    act(page, lambda: page.locator("#lbw-meta-write").click(), "Saved")
+    expect(page.locator("#lbw-meta-result")).to_contain_text("sshs_model_hash")
+    from lbw.services.meta import show_meta
+
+    meta = show_meta(baked[0])
+    assert meta.metadata.get("ssmd_keywords") == "gobuhime, long hair"
+    assert meta.metadata.get("ssmd_cover_images", "").startswith('["')
+    assert meta.hashes["stored"] == meta.hashes["computed"]
+    sidecar = json.loads(baked[0].with_suffix(".json").read_text(encoding="utf-8"))
+    assert sidecar["activation text"] == "gobuhime, long hair"
+
+
+def test_pages_in_japanese(demo_server, page_factory, shoot):
+    page = page_factory("ja")
+    page.goto(f"{demo_server.url}/?project=demo")  # the browser's language picks /ja/
+    expect(page.locator("#lbw-project-picker input")).to_have_value("demo", timeout=90_000)
+    assert "/ja/" in page.url
+    for number, name in enumerate(TABS["ja"], start=1):
+        tab(page, name)
+        page.wait_for_timeout(800)
+        shoot(page, f"ja-{number}-{TABS['en'][number - 1].split()[0].lower()}")
+    tab(page, "シート")
+    for word in ("固定", "重み", "‖ΔW‖ %", "分析の変更量 %"):
+        expect(page.locator("#lbw-sheet-table")).to_contain_text(word)
+    tab(page, "プロット")
+    expect(page.locator("#lbw-plot-mode")).to_contain_text("減算")
+
+
+def test_two_tabs_on_one_project(demo_server, page_factory):
+    store = store_of(demo_server)
+    settings = get_project(store, "demo").settings
+    create_project(store, "twin", settings)
+    first, second = page_factory("en"), page_factory("en")
+    open_project(first, demo_server, "twin")
+    open_project(second, demo_server, "twin")
+    tab(first, "Plot")
+    tab(second, "Plot")
+    act(first, lambda: first.locator("#lbw-plot-mode").get_by_text("Add", exact=True).click(), "Mode: Add")
+    # the second tab still shows the old version: its change is refused, nothing is lost
+    act(second, lambda: second.locator("#lbw-plot-mode").get_by_text("SubAdd", exact=True).click(),
+        "changed in another tab")
+    assert get_project(store, "twin").mode == "add"
+    tab(second, "Project")
+    act(second, lambda: second.locator("#lbw-reload").click(), "Reloaded")
+    tab(second, "Plot")
+    expect(second.locator("#lbw-plot-mode input[value='add']")).to_be_checked()
+    act(second, lambda: second.locator("#lbw-plot-mode").get_by_text("SubAdd", exact=True).click(),
+        "Mode: SubAdd")
+    assert get_project(store, "twin").mode == "subadd"
+
+
+def _http_status(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_paths_outside_the_folders_are_refused(demo_server, page_factory):
+    store = store_of(demo_server)
+    before = get_project(store, "demo").settings
+    page = page_factory("en")
+    open_project(page, demo_server)
+    outside = demo_server.outside / "secret.safetensors"
+    attempts = {
+        "../outside/secret.safetensors": "'..' is not allowed",
+        "demo-assets/../../outside/secret.safetensors": "'..' is not allowed",
+        str(outside): "outside the lora folders",
+        "/etc/passwd": "outside the lora folders",
+        str(demo_server.loras / "leak.safetensors"): "outside the lora folders",  # a link leaving the folder
+    }
+    box = page.locator("#lbw-lora input")
+    for typed, reason in attempts.items():
+        box.fill(typed)
+        box.press("Enter")
+        act(page, lambda: page.locator("#lbw-save-settings").click(), reason)
+    assert get_project(store, "demo").settings == before
+    # the link that leaves the LoRA folder is not even listed
+    page.get_by_text("LoRAs in the LoRA folders").click()
+    listed = page.locator("#lbw-loras-table")
+    expect(listed).to_contain_text("gobuhime-tiny.safetensors")
+    expect(listed).not_to_contain_text("leak")
+
+    # a bake may only write inside the workspace
+    tab(page, "Bake & share")
+    name = page.locator("#lbw-bake-name input, #lbw-bake-name textarea").first
+    for typed, reason in (("../escape.safetensors", "'..' is not allowed"),
+                          (str(demo_server.outside / "escape.safetensors"), "outside the workspace")):
+        name.fill(typed)
+        act(page, lambda: page.locator("#lbw-bake").click(), reason)
+    assert not list(demo_server.outside.glob("escape*")) and not (demo_server.workspace.parent / "escape.safetensors"
+                                                                     ).exists()
+
+    # Gradio's file route serves nothing outside the workspace, and not the database
+    for path in (outside, demo_server.workspace / "lbw.sqlite", "/etc/passwd"):
+        assert _http_status(f"{demo_server.url}/en/gradio_api/file={path}") in (403, 404)
+    # uploads are limited (this server: 0.05 MB)
+    body = b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.toml\"\r\n" \
+           b"Content-Type: application/octet-stream\r\n\r\n" + b"#" * 200_000 + b"\r\n--x--\r\n"
+    status = _http_status(f"{demo_server.url}/en/gradio_api/upload", body,
+                          {"Content-Type": "multipart/form-data; boundary=x"})
+    assert status == 413
+    # a page elsewhere cannot reach the server through another host name (DNS rebinding)
+    assert _http_status(f"{demo_server.url}/en/", headers={"Host": "attacker.example"}) == 400
+
+
+def test_cancel_keeps_the_page_alive_and_records_nothing(demo_server, page_factory):
+    store = store_of(demo_server)
+    count = len(list_iterations(store, "demo"))
+    page = page_factory("en")
+    open_project(page, demo_server)
+    tab(page, "Analyze")
+    page.locator("#lbw-probe input").fill("0.3")  # new cells: nothing in the cache
+    page.locator("#lbw-analyze").click()
+    expect(page.locator("#lbw-analyze-progress")).to_contain_text("cells, ", timeout=120_000)
+    # the page answers while the render runs (the server, not only the browser)
+    tab(page, "Project")
+    act(page, lambda: page.locator("#lbw-reload").click(), "Reloaded", timeout=30, redraw=False)
+    tab(page, "Analyze")
+    assert "▶" in page.locator("#lbw-analyze-progress").inner_text(), "the render ended before the cancel"
+    act(page, lambda: page.locator("#lbw-analyze-cancel").click(), "Cancelled", redraw=False)
+    assert len(list_iterations(store, "demo")) == count
