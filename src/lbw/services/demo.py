@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lbw.domain.weights import BlockWeights
 from lbw.errors import RenderError
 from lbw.render.plan import LoraSpec
 from lbw.render.runner import CellCallback, RunResult, run_plan
@@ -71,8 +72,15 @@ def run_demo(
         sub = run_plan(sub_plan, backend, folder / "sub", cache_dir=folder / "eba" / "cache", on_cell=on_cell)
     finally:
         backend.close()
-    weights = sheet.weights
-    dest = folder / f"{DEMO_LORA}-{weights.name or 'baked'}.safetensors"
+    baked, verification = bake_and_verify(lora, sheet.weights, folder / f"{DEMO_LORA}.safetensors", stage)
+    return DemoResult(model, lora, report, sub, baked, verification)
+
+
+def bake_and_verify(
+    lora: Path, weights: BlockWeights, stem: Path, stage: Callable[[str], None]
+) -> tuple[BakeReport, VerifyReport]:
+    """Bake ``weights`` into ``<stem>-<weights name>.safetensors`` beside ``stem`` and verify it module by module."""
+    dest = stem.with_name(f"{stem.stem}-{weights.name or 'baked'}.safetensors")
     stage(f"baking {weights.format()} into {dest.name}")
     baked = bake(lora, dest, weights, options=BakeOptions(force=True))
     stage("verifying the baked file against the source, module by module")
@@ -82,4 +90,4 @@ def run_demo(
         verification = verify(dest, [source])
     finally:
         source.lora.close()
-    return DemoResult(model, lora, report, sub, baked, verification)
+    return baked, verification

@@ -21,12 +21,9 @@ from lbw.errors import RenderError
 from lbw.render.plan import Cell, LoraSpec, Plan
 from lbw.render.runner import CellCallback, RunResult, run_plan
 from lbw.services.analyze import NO_CHANGE, eba_plan, run_eba
-from lbw.services.bake import BakeOptions, bake
-from lbw.services.demo import DemoResult
+from lbw.services.demo import DemoResult, bake_and_verify
 from lbw.services.demo_render import FACE_REGION, world_demo_assets, world_settings
 from lbw.services.plot import plan_from_sheet
-from lbw.services.sources import Defaults, SourceSpec, open_source
-from lbw.services.verify import verify
 
 DEMO_REGION = FACE_REGION
 STORY_SEEDS = (11, 12, 13, 14)
@@ -77,17 +74,7 @@ def run_world_demo(
     finally:
         backend.close()
     numbers = story_numbers(story)
-    weights = sheet.weights
-    dest = folder / f"{lora.stem}-{weights.name or 'baked'}.safetensors"
-    stage(f"baking {weights.format()} into {dest.name}")
-    baked = bake(lora, dest, weights, options=BakeOptions(force=True))
-    stage("verifying the baked file against the source, module by module")
-    source_spec = SourceSpec(path=lora, strength=None, weights=weights.vector_text(), text=str(lora))
-    source = open_source(source_spec, Defaults())
-    try:
-        verification = verify(dest, [source])
-    finally:
-        source.lora.close()
+    baked, verification = bake_and_verify(lora, sheet.weights, folder / f"{lora.stem}.safetensors", stage)
     return DemoResult(model, lora, report, sub, baked, verification, story, numbers)
 
 

@@ -39,7 +39,7 @@ from lbw.world.training import (
     _quiet_progress,
     _shuffled,
     _to_tensor,
-    trim_loss_log,
+    resume,
 )
 
 
@@ -148,7 +148,7 @@ def train_lora(
     noise_schedule = DDPMScheduler(**model.scheduler_config())
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     schedule = _cosine_with_warmup(optimizer, config.warmup, config.steps)
-    start, elapsed = _resume_lora(folder, parameters, optimizer, schedule, trainable)
+    start, elapsed = resume(folder, trainable, optimizer, schedule, strict=False)
     began = time.monotonic() - elapsed
     parts.text_encoder.train()
     parts.unet.train()
@@ -193,34 +193,6 @@ def _lora_state(trainable: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor
         for key, value in module.state_dict().items()
         if "lora_" in key
     }
-
-
-def _resume_lora(
-    folder: Path,
-    parameters: list[torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    trainable: dict[str, torch.nn.Module],
-) -> tuple[int, float]:
-    import warnings
-
-    last = checkpoint.latest_checkpoint(folder)
-    if last is None:
-        trim_loss_log(folder, 0)
-        return 0, 0.0
-    tensors, state = checkpoint.load_checkpoint(last)
-    trim_loss_log(folder, int(state["step"]))
-    for name, module in trainable.items():
-        prefix = f"{name}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False)
-    checkpoint.restore_optimizer(optimizer, tensors)
-    step = int(state["step"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(step):
-            schedule.step()
-    torch.set_rng_state(tensors["rng.torch"])
-    return step, float(state.get("seconds", 0.0))
 
 
 def save_kohya(

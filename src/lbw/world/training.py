@@ -155,7 +155,7 @@ def train_vae(work: Path, config: VaeConfig, progress: Progress = _quiet_progres
     vae = AutoencoderKL(**model.vae_config())
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
     schedule = _cosine_with_warmup(optimizer, config.warmup, config.steps)
-    start, elapsed = _resume(folder, {"vae": vae}, optimizer, schedule)
+    start, elapsed = resume(folder, {"vae": vae}, optimizer, schedule)
     began = time.monotonic() - elapsed
     vae.train()
     for step in range(start, config.steps):
@@ -233,7 +233,7 @@ def train_base(work: Path, config: BaseConfig, progress: Progress = _quiet_progr
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = _cosine_with_warmup(optimizer, config.warmup, config.steps)
     ema = EMAModel(parameters, decay=config.ema_decay)
-    start, elapsed = _resume(folder, {"text_encoder": text_encoder, "unet": unet}, optimizer, schedule, ema)
+    start, elapsed = resume(folder, {"text_encoder": text_encoder, "unet": unet}, optimizer, schedule, ema)
     began = time.monotonic() - elapsed
     text_encoder.train()
     unet.train()
@@ -327,14 +327,19 @@ def _save(
     checkpoint.save_checkpoint(folder, step, tensors, state)
 
 
-def _resume(
+def resume(
     folder: Path,
     modules: dict[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LambdaLR,
     ema: Any | None = None,
+    *,
+    strict: bool = True,
 ) -> tuple[int, float]:
-    """Load the newest checkpoint under ``folder`` if any; returns (next step, seconds already spent)."""
+    """Load the newest checkpoint under ``folder`` if any; returns (next step, seconds already spent).
+
+    ``strict=False`` for checkpoints that hold only some of the modules' tensors (a LoRA's adapter weights).
+    """
     last = checkpoint.latest_checkpoint(folder)
     if last is None:
         trim_loss_log(folder, 0)
@@ -343,7 +348,7 @@ def _resume(
     trim_loss_log(folder, int(state["step"]))
     for name, module in modules.items():
         prefix = f"{name}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=strict)
     checkpoint.restore_optimizer(optimizer, tensors)
     step = int(state["step"])
     with warnings.catch_warnings():  # stepping the schedule forward without optimizer steps is what we want
