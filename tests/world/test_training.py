@@ -53,3 +53,26 @@ def test_export_is_a_pipeline_that_draws_64px(prepared: Path, tmp_path: Path) ->
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
     assert pipe.vae.config.scaling_factor != 0.18215
+
+
+def test_refine_starts_from_the_base_with_whole_tag_tokens(prepared: Path, tmp_path: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    from lbw.world import model
+
+    work = _copy_inputs(prepared, tmp_path / "r")
+    shutil.copytree(prepared / "vae" / "final", work / "vae" / "final")
+    training.train_base(work, training.BaseConfig(steps=2, batch=2, checkpoint_every=2, warmup=0))
+    base, _ = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(work / "base"))
+    config = training.RefineConfig(steps=2, batch=2, checkpoint_every=1, warmup=0, learning_rate=0.0)
+    tensors, _ = checkpoint.load_checkpoint(training.train_refine(work, config))
+    # learning rate 0: the refined weights are the base's EMA weights, with rows appended for the tags
+    old = base["ema.0"]
+    new = tensors["text_encoder.embeddings.token_embedding.weight"]
+    assert new.shape[0] == old.shape[0] + len(model.world_tags())
+    assert torch.equal(new[: old.shape[0]], old)
+    tokenizer = CLIPTokenizer.from_pretrained(str(training.export_base(work, tmp_path / "m") / "tokenizer"))
+    assert tokenizer.tokenize("1girl, red hair, dark skin") == ["1girl", ",</w>", "red hair", ",</w>", "dark skin"]
+    plain = model.build_tokenizer()
+    red, hair = (old[i] for i in plain("red hair", add_special_tokens=False).input_ids)
+    assert torch.allclose(new[tokenizer.convert_tokens_to_ids("red hair")], (red + hair) / 2)

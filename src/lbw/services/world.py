@@ -16,7 +16,7 @@ from typing import Any
 
 from lbw.errors import LbwError
 
-STAGES = ("data", "vae", "latents", "base", "export", "loras")
+STAGES = ("data", "vae", "latents", "base", "refine", "export", "loras")
 Progress = Callable[[str, int, int, float], None]
 
 
@@ -29,6 +29,7 @@ class WorldPlan:
     data: Any = None
     vae: Any = None
     base: Any = None
+    refine: Any = None
     loras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -37,6 +38,7 @@ class WorldPlan:
         self.data = self.data or training.DataConfig()
         self.vae = self.vae or training.VaeConfig()
         self.base = self.base or training.BaseConfig()
+        self.refine = self.refine or training.RefineConfig()
         if not self.loras:
             self.loras = {
                 "gobuhime": lora_training.LoraTrainConfig(name="gobuhime", seed=11),
@@ -70,6 +72,8 @@ def train_world(work: Path, plan: WorldPlan, progress: Progress | None = None) -
             training.encode_latents(work)
         elif stage == "base":
             training.train_base(work, plan.base, report)
+        elif stage == "refine":
+            training.train_refine(work, plan.refine, report)
         elif stage == "export":
             training.export_base(work, work / "model")
         elif stage == "loras":
@@ -87,6 +91,7 @@ def _plan_json(plan: WorldPlan) -> dict[str, Any]:
         "data": asdict(plan.data),
         "vae": asdict(plan.vae),
         "base": asdict(plan.base),
+        "refine": asdict(plan.refine),
         "loras": {name: asdict(config) for name, config in plan.loras.items()},
     }
 

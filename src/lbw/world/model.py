@@ -1,7 +1,9 @@
 """The world model's parts: SD1.5's architecture at small widths, built from configs kept here.
 
-- Tokenizer: a ``CLIPTokenizer`` whose vocabulary is every character (so any text tokenises) plus every tag word
-  of the world as a whole token, built locally (no download).
+- Tokenizer: a ``CLIPTokenizer`` whose vocabulary is every character (so any text tokenises) plus the world's
+  words by BPE merges, built locally (no download). The refined model's tokenizer (``tags=True``) also has every
+  tag of the world as one added token (``red hair``, ``blue dress``, ``dark skin``, ``1girl``): a tag's meaning
+  then sits in one embedding, so the small text encoder need not bind a colour to the noun after it.
 - Text encoder: ``CLIPTextModel``, 64 wide, 2 layers (the LBW block BASE).
 - UNet: ``UNet2DConditionModel`` with SD1.5's block structure (CrossAttnDownBlock2D x3 + DownBlock2D, mid block
   with attention, UpBlock2D + CrossAttnUpBlock2D x3, 2 layers per block, conv ``proj_in``), so all 26 LBW blocks
@@ -42,6 +44,21 @@ def world_words() -> tuple[str, ...]:
     return tuple(sorted(words))
 
 
+def world_tags() -> tuple[str, ...]:
+    """Every whole tag of the world's captions (and its LoRAs' triggers), each an added token of the refined model.
+
+    Example:
+        >>> "red hair" in world_tags() and "dark skin" in world_tags() and "1girl" in world_tags()
+        True
+    """
+    tags = {"1girl", "longhair", "shorthair", "hairornament", "choker", "gobuhime", "sailor collar"}
+    tags |= {f"{c} hair" for c in generator.HAIR_COLORS}
+    tags |= {f"{c} dress" for c in generator.CLOTHES_COLORS}
+    tags |= {f"{c} background" for c in (*generator.BACKGROUND_COLORS, *generator.BACKGROUND_PATTERNS)}
+    tags |= {f"{c} skin" for c in generator.SKIN_COLORS}
+    return tuple(sorted(tags))
+
+
 def vocabulary() -> tuple[dict[str, int], list[str]]:
     """CLIP BPE vocabulary and merges: characters (plain and word-final), then the world's words by merges."""
     vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -59,8 +76,9 @@ def vocabulary() -> tuple[dict[str, int], list[str]]:
     return vocab, list(dict.fromkeys(merges))
 
 
-def build_tokenizer(folder: Path | None = None) -> Any:
-    """The world's ``CLIPTokenizer`` (written to ``folder``, a temporary one by default)."""
+def build_tokenizer(folder: Path | None = None, *, tags: bool = False) -> Any:
+    """The world's ``CLIPTokenizer`` (written to ``folder``, a temporary one by default); ``tags`` adds
+    ``world_tags()`` as whole tokens after the BPE vocabulary (the ids of the plain tokenizer are kept)."""
     from transformers import CLIPTokenizer
 
     vocab, merges = vocabulary()
@@ -68,7 +86,12 @@ def build_tokenizer(folder: Path | None = None) -> Any:
     target.mkdir(parents=True, exist_ok=True)
     (target / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (target / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return CLIPTokenizer.from_pretrained(str(target), model_max_length=TEXT_LENGTH)
+    tokenizer = CLIPTokenizer.from_pretrained(str(target), model_max_length=TEXT_LENGTH)
+    if tags:
+        tokenizer.add_tokens(list(world_tags()))
+        if folder is not None:
+            tokenizer.save_pretrained(str(target))
+    return tokenizer
 
 
 def text_encoder_config(vocab_size: int) -> dict[str, Any]:
@@ -137,15 +160,15 @@ class Parts:
     vae: Any
 
 
-def build_untrained(seed: int) -> Parts:
-    """Fresh modules with weights drawn from ``seed``."""
+def build_untrained(seed: int, *, tags: bool = False) -> Parts:
+    """Fresh modules with weights drawn from ``seed`` (``tags``: the refined model's tokenizer and vocabulary)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(tags=tags)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_config(len(tokenizer.get_vocab()))))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_config(len(tokenizer))))
     unet = UNet2DConditionModel(**unet_config())
     vae = AutoencoderKL(**vae_config())
     return Parts(tokenizer, text_encoder, unet, vae)

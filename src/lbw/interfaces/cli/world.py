@@ -68,10 +68,11 @@ def draw_command(
 
 def train_command(
     work: Path = typer.Option(DEFAULT_WORK, "--work", help="Folder for data, checkpoints and results."),
-    stages: str = typer.Option(",".join(("data", "vae", "latents", "base", "export", "loras")), "--stages",
+    stages: str = typer.Option(",".join(("data", "vae", "latents", "base", "refine", "export", "loras")), "--stages",
                                help="Comma-separated stages to run, in order."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads (1 is fastest on a small busy machine)."),
     base_steps: int | None = typer.Option(None, "--base-steps", min=1, help="Override the base model's steps."),
+    refine_steps: int | None = typer.Option(None, "--refine-steps", min=1, help="Override the refine phase's steps."),
     lora_steps: int | None = typer.Option(None, "--lora-steps", min=1, help="Override each LoRA's steps."),
 ) -> None:
     """Train the world model and its LoRAs (deterministic; resumes from the newest checkpoint)."""
@@ -81,6 +82,8 @@ def train_command(
     plan = WorldPlan(stages=tuple(s.strip() for s in stages.split(",") if s.strip()), threads=threads)
     if base_steps is not None:
         plan.base = training.BaseConfig(steps=base_steps)
+    if refine_steps is not None:
+        plan.refine = training.RefineConfig(steps=refine_steps)
     if lora_steps is not None:
         from dataclasses import replace
 
