@@ -91,3 +91,10 @@ def test_step_progress_counts_inside_a_cell():
         return job.snapshot().done
 
     assert queue.submit("cpu", work).wait(5).result == 2.5
+
+    def batch(job):  # a batch of 4 cells half drawn: 2 cells' worth
+        job.report(1, 8)
+        job.on_step(0.5, "4 cells", 4)
+        return job.snapshot().done
+
+    assert queue.submit("cpu", batch).wait(5).result == 3.0

@@ -12,7 +12,14 @@ import time
 import urllib.error
 import urllib.request
 
-from lbw.services.projects import create_project, get_iteration, get_project, list_iterations, open_workspace
+from lbw.services.projects import (
+    create_project,
+    get_iteration,
+    get_project,
+    list_iterations,
+    open_workspace,
+    update_settings,
+)
 
 TABS = {
     "en": ("Project", "Analyze", "Sheet", "Plot", "History", "Bake & share"),
@@ -35,7 +42,7 @@ def tab(page, name: str) -> None:
     page.get_by_role("tab", name=name, exact=True).click()
 
 
-PENDING = re.compile(r"^\s*(processing|\d+(\.\d+)?s)")
+PENDING = re.compile(r"^\s*(processing|queue:|\d+(\.\d+)?s)")  # Gradio's status while an event waits or runs
 
 
 def tick(page) -> str:
@@ -76,6 +83,8 @@ def test_tutorial_loop(demo_server, page_factory, shoot):
     store = store_of(demo_server)
     page = page_factory("en")
     open_project(page, demo_server)
+    line = act(page, lambda: page.get_by_role("button", name="Test connection").click(), "Connected", redraw=False)
+    assert "tiny-sd15" in line and "gobuhime-tiny" in line
     shoot(page, "en-1-project")
 
     # 1. the Effective Block Analyzer, with progress, then its ranked table
@@ -305,6 +314,18 @@ def test_paths_outside_the_folders_are_refused(demo_server, page_factory):
 def test_cancel_keeps_the_page_alive_and_records_nothing(demo_server, page_factory):
     store = store_of(demo_server)
     count = len(list_iterations(store, "demo"))
+    # many steps: the render must still run when the cancel comes, however fast this machine is
+    before = get_project(store, "demo")
+    update_settings(store, "demo", {"steps": 200}, expected_version=before.version)
+    try:
+        _cancel_an_analysis(demo_server, page_factory)
+    finally:
+        now = get_project(store, "demo")
+        update_settings(store, "demo", {"steps": before.settings.steps}, expected_version=now.version)
+    assert len(list_iterations(store, "demo")) == count
+
+
+def _cancel_an_analysis(demo_server, page_factory):
     page = page_factory("en")
     open_project(page, demo_server)
     tab(page, "Analyze")
@@ -317,4 +338,3 @@ def test_cancel_keeps_the_page_alive_and_records_nothing(demo_server, page_facto
     tab(page, "Analyze")
     assert "▶" in page.locator("#lbw-analyze-progress").inner_text(), "the render ended before the cancel"
     act(page, lambda: page.locator("#lbw-analyze-cancel").click(), "Cancelled", redraw=False)
-    assert len(list_iterations(store, "demo")) == count

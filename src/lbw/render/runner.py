@@ -101,6 +101,8 @@ def run_plan(
             if on_cell:
                 on_cell(done, total, job.cell.label, True)
     if todo:
+        if on_cell:  # the total is known before the first (maybe long) batch: progress and ETA from the start
+            on_cell(done, total, "", False)
         for job, image in backend.render(plan, list(todo.values()), on_step):
             key = keys[job]
             if key not in todo:

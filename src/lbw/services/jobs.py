@@ -93,10 +93,10 @@ class Job:
         """A runner ``CellCallback``: one more cell finished."""
         self.report(done, total, label)
 
-    def on_step(self, fraction: float, text: str) -> None:
-        """A backend ``StepCallback``: progress inside the current cell (counts as part of a cell)."""
+    def on_step(self, fraction: float, text: str, cells: int = 1) -> None:
+        """A backend ``StepCallback``: progress inside the ``cells`` cells being drawn together (a batch)."""
         if self.total and 0.0 <= fraction <= 1.0:
-            self.done = min(float(self.total), int(self.done) + fraction)
+            self.done = min(float(self.total), int(self.done) + fraction * max(cells, 1))
         self.check()
 
     # --------------------------------------------------------------------------------------- caller side

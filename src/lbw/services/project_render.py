@@ -120,9 +120,9 @@ class _Watch:
             self.progress(done, total, label, cached)
         self.check()
 
-    def on_step(self, fraction: float, label: str) -> None:
+    def on_step(self, fraction: float, label: str, cells: int = 1) -> None:
         if self.step_callback is not None:
-            self.step_callback(fraction, label)
+            self.step_callback(fraction, label, cells)
         self.check()
 
 

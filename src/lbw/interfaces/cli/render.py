@@ -262,12 +262,11 @@ class RenderProgress:
         self._start()
         state = "cached" if cached else "rendered"
         self.done, self.total = done, total
-        self.progress.update(
-            self.cells, completed=done, total=total, description=f"cells ({markup(label)} {state})"
-        )
+        described = f"cells ({markup(label)} {state})" if label else "cells"
+        self.progress.update(self.cells, completed=done, total=total, description=described)
 
-    def on_step(self, fraction: float, label: str) -> None:
-        """Backend callback: ``fraction`` of the current cell (or request) done."""
+    def on_step(self, fraction: float, label: str, cells: int = 1) -> None:
+        """Backend callback: ``fraction`` of the current cell (or batch of ``cells`` cells, or request) done."""
         self._start()
         self.progress.update(self.steps, completed=round(fraction * 100), visible=True, description=markup(label))
 

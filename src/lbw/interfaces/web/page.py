@@ -140,7 +140,11 @@ class Page:
 
     def action(self, event: Any, fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],
                **kwargs: Any) -> Any:
-        """Wire ``event`` to ``fn``; outputs[0] is the message line. An LbwError shows there, nothing else moves."""
+        """Wire ``event`` to ``fn``; outputs[0] is the message line. An LbwError shows there, nothing else moves.
+
+        A function that only shows something (a table for other thresholds, a block's images) returns
+        ``gr.skip()`` for the message: its ``.change`` events also fire when a redraw sets a value, and must not
+        wipe out what the last action said."""
 
         @functools.wraps(fn)
         def run(*args: Any) -> Any:

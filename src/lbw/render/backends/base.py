@@ -26,8 +26,10 @@ from lbw.render.plan import Job, Plan
 # Content hash of a local file or folder.
 Hasher = Callable[[Path], str]
 
-# Called with (fraction 0..1 of the current job, a short status text).
-StepCallback = Callable[[float, str], None]
+# Called with (fraction 0..1 of the current job, a short status text[, cells drawn together in it]): a backend
+# that draws a batch of cells at once passes the batch size, so progress counts cells; receivers take the third
+# argument as optional (default 1).
+StepCallback = Callable[..., None]
 
 
 @dataclass(frozen=True)

@@ -401,7 +401,7 @@ class DiffusersBackend:
 
         def step_end(_pipe: Any, step: int, _t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
-                on_step((step + 1) / settings.steps, label)
+                on_step((step + 1) / settings.steps, label, len(seeds))
             return callback_kwargs
 
         with self._attached(), torch.inference_mode():

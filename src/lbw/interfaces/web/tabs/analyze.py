@@ -88,7 +88,7 @@ def build(page: Any) -> None:
         if number is None:
             return gr.skip(), gr.skip(), gr.skip()
         rows, summary = table_rows(name, int(number), important_v, unneeded_v)
-        return "", rows, summary
+        return gr.skip(), rows, summary
 
     for box in (important, unneeded):  # the classes follow the thresholds at once, nothing re-renders
         page.action(box.change, reclassify, [page.session, run_pick, important, unneeded],
@@ -103,7 +103,7 @@ def build(page: Any) -> None:
         rows, summary = table_rows(name, int(number), important_v, unneeded_v)
         iteration = page.read(get_iteration, ctx.store, name, int(number))
         blocks = [r[1] for r in rows]
-        return "", rows, summary, gr.Dropdown(choices=blocks, value=blocks[0] if blocks else None), \
+        return gr.skip(), rows, summary, gr.Dropdown(choices=blocks, value=blocks[0] if blocks else None), \
             [(str(p), p.stem) for p in iteration.grids]
 
     page.action(run_pick.input, show_run, [page.session, run_pick, important, unneeded],
@@ -113,7 +113,7 @@ def build(page: Any) -> None:
         name, _ = page.checked(session)
         if number is None or not block:
             return gr.skip(), gr.skip()
-        return "", block_images(name, int(number), block)
+        return gr.skip(), block_images(name, int(number), block)
 
     page.action(block_pick.change, show_block, [page.session, run_pick, block_pick], [page.message, images])
 

@@ -100,7 +100,7 @@ def build(page: Any) -> None:
         name, _ = page.checked(session)
         if number is None:
             return gr.skip(), gr.skip()
-        return "", describe(name, int(number))
+        return gr.skip(), describe(name, int(number))
 
     page.action(pick.input, show, [page.session, pick], [page.message, details])
 
@@ -120,7 +120,7 @@ def build(page: Any) -> None:
         name, _ = page.checked(session)
         if number is None:
             return gr.skip(), None
-        return "", grid_of(name, int(number))
+        return gr.skip(), grid_of(name, int(number))
 
     page.action(left.input, compare, [page.session, left], [page.message, left_image])
     page.action(right.input, compare, [page.session, right], [page.message, right_image])

@@ -107,16 +107,16 @@ def build(page: Any) -> None:
     def show(session: dict[str, Any], number: Any) -> tuple[Any, ...]:
         name, _ = page.checked(session)
         gal, info = gallery(name, None if number in (None, NONE) else int(number))
-        return "", gal, info, gr.Group(visible=False), None
+        return gr.skip(), gal, info, gr.Group(visible=False), None
 
     page.action(shown.input, show, [page.session, shown], [page.message, gallery_a, cells_a, chosen, choice])
 
     def show_compare(session: dict[str, Any], number: Any) -> tuple[Any, ...]:
         name, _ = page.checked(session)
         if number in (None, NONE):
-            return "", gr.Gallery(value=[], visible=False), []
+            return gr.skip(), gr.Gallery(value=[], visible=False), []
         gal, info = gallery(name, int(number))
-        return "", gal, info
+        return gr.skip(), gal, info
 
     page.action(compare.input, show_compare, [page.session, compare], [page.message, gallery_b, cells_b])
 

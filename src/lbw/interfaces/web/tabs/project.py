@@ -174,7 +174,7 @@ def build(page: Any) -> None:
         if ctx.assets is None:
             return gr.skip(), gr.skip()
         view = open_demo_project(ctx.store, ctx.assets)
-        return "", page.after(view, session)
+        return gr.skip(), page.after(view, session)
 
     page.action(demo_btn.click, open_demo, [page.session], [page.message, page.session])
 
@@ -184,7 +184,7 @@ def build(page: Any) -> None:
         if not name or name == (session or {}).get("project"):
             return gr.skip(), gr.skip()
         view = get_project(ctx.store, name)
-        return "", page.after(view, session)
+        return gr.skip(), page.after(view, session)
 
     page.action(picker.input, pick, [picker, page.session], [page.message, page.session], js=KEEP_IN_URL)
 
@@ -204,6 +204,7 @@ def build(page: Any) -> None:
         from lbw.services.workbench import check_connection
 
         name, _ = page.checked(session)
-        return "", "✓ " + t("msg.connection_ok", detail=check_connection(ctx.store, name, ctx.backend_options()))
+        line = "✓ " + t("msg.connection_ok", detail=check_connection(ctx.store, name, ctx.backend_options()))
+        return line, line
 
     page.action(test_btn.click, test, [page.session], [page.message, test_out])

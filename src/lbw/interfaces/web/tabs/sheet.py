@@ -112,7 +112,7 @@ def build(page: Any) -> None:
 
     def show_hint(session: dict[str, Any], hint_name: str | None) -> tuple[Any, ...]:
         view = page.project(session)
-        return "", rows_of(view, hint_name)
+        return gr.skip(), rows_of(view, hint_name)
 
     page.action(hint.input, show_hint, [page.session, hint], [page.message, table])
 
