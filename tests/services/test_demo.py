@@ -26,7 +26,7 @@ def demo_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
         buffer = StringIO()
         with redirect_stdout(buffer):
-            code = run(["demo", "--out", str(folder), "--device", "cpu"])
+            code = run(["demo", "--tiny", "--out", str(folder), "--device", "cpu"])
     finally:
         torch.set_num_threads(threads)
     assert code == 0

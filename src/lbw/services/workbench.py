@@ -235,19 +235,37 @@ def check_connection(store: Store, name: str, backend_options: Mapping[str, Any]
 # ---------------------------------------------------------------------------------------------- demo
 
 
-def open_demo_project(store: Store, assets: Path, *, name: str = DEMO_PROJECT, seeds: Sequence[int] = (1, 2)
-                      ) -> ProjectView:
-    """The demo project on the tiny local model and LoRA (built under ``assets`` if missing), created once."""
-    from lbw.services.demo_render import DEMO_PROMPT, build_demo_assets
-    from lbw.services.projects import ProjectSettings, create_project, get_project, list_projects
+def open_demo_project(store: Store, assets: Path, *, name: str = DEMO_PROJECT, seeds: Sequence[int] = (1, 2),
+                      tiny: bool | None = None) -> ProjectView:
+    """The demo project, created once: the built-in world's model and gobuhime LoRA with the world's sampling
+    settings when the world's weights are installed (``tiny=False``), else the tiny random-weight model and LoRA
+    (built under ``assets`` if missing)."""
+    from lbw.services.projects import create_project, get_project, list_projects
 
-    model, lora = build_demo_assets(assets)
     if any(view.name == name for view in list_projects(store, archived=True)):
         return get_project(store, name)
-    settings = ProjectSettings(lora=str(lora), model=str(model), backend="diffusers", prompt=DEMO_PROMPT,
+    return create_project(store, name, demo_settings(assets, seeds, tiny=tiny))
+
+
+def demo_settings(assets: Path, seeds: Sequence[int] = (1, 2), *, tiny: bool | None = None) -> ProjectSettings:
+    """The demo project's settings (see ``open_demo_project``); ``tiny=None``: the world when it is installed."""
+    from lbw.services.demo_render import DEMO_PROMPT, build_demo_assets, world_demo_assets, world_settings
+    from lbw.services.projects import ProjectSettings
+    from lbw.world.assets import shipped
+
+    if tiny is None:
+        tiny = not shipped()
+    if tiny:
+        model, lora = build_demo_assets(assets)
+        return ProjectSettings(lora=str(lora), model=str(model), backend="diffusers", prompt=DEMO_PROMPT,
                                negative="lowres", seeds=tuple(seeds), width=64, height=64, steps=4, cfg=7.0,
                                sampler="Euler", clip_skip=1)
-    return create_project(store, name, settings)
+    model, lora = world_demo_assets()
+    world = world_settings(tuple(seeds))
+    return ProjectSettings(lora=str(lora), model=str(model), backend="diffusers", prompt=world.prompt,
+                           negative=world.negative_prompt, seeds=tuple(seeds), width=world.width,
+                           height=world.height, steps=world.steps, cfg=world.cfg, sampler=world.sampler,
+                           clip_skip=1)
 
 
 # ------------------------------------------------------------------------------------------ analyses

@@ -183,7 +183,7 @@ def package_world(work: Path, dest: Path, *, fp16: bool = True) -> Path:
 def _stage_seconds(work: Path) -> dict[str, float]:
     """Wall seconds of each trained stage, from its loss log (the last entry's clock, resumes included)."""
     out: dict[str, float] = {}
-    for name, folder in (("vae", work / "vae"), ("base", work / "base"),
+    for name, folder in (("vae", work / "vae"), ("base", work / "base"), ("refine", work / "refine"),
                          ("gobuhime", work / "lora-gobuhime"), ("sailor", work / "lora-sailor")):
         log = folder / "loss.jsonl"
         if log.is_file():

@@ -40,6 +40,7 @@ from lbw.world.training import (
     _shuffled,
     _to_tensor,
     resume,
+    training_noise,
 )
 
 
@@ -52,7 +53,10 @@ class LoraTrainConfig:
     rank: int = 8
     alpha: float = 8.0
     learning_rate: float = 1e-3
-    noise_offset: float = 0.1
+    # the noise of the model's last phase (``training.RefineConfig``)
+    noise_offset: float = 0.0
+    multires_iterations: int = 4
+    multires_discount: float = 0.8
     warmup: int = 30
     seed: int = 11
     checkpoint_every: int = 100
@@ -160,9 +164,8 @@ def train_lora(
         index = torch.from_numpy(picks)
         shape = means[index].shape
         latents = (means[index] + stds[index] * torch.randn(shape, generator=generator_)) * scaling
-        noise = torch.randn(shape, generator=generator_)
-        if config.noise_offset:  # as the base model was trained (see training.BaseConfig.noise_offset)
-            noise = noise + config.noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator_)
+        noise = training_noise(shape, generator_, config.noise_offset, config.multires_iterations,
+                               config.multires_discount)
         timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (config.batch,), generator=generator_)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         tokens = parts.tokenizer(texts, padding="max_length", max_length=model.TEXT_LENGTH, truncation=True,

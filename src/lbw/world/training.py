@@ -75,6 +75,10 @@ class BaseConfig:
     # take for the picture's colour and the caption cannot change it (measured: 14-23% caption control at 1,000 steps
     # and colours that follow the seed at 2,000).
     noise_offset: float = 0.1
+    # Multi-resolution ("pyramid") noise, kohya sd-scripts' --multires_noise_iterations/--multires_noise_discount:
+    # noise drawn at 1/2, 1/4, ... of the latent size, upsampled and added with weights discount**level. 0: off.
+    multires_iterations: int = 0
+    multires_discount: float = 0.8
     ema_decay: float = 0.999
     seed: int = 3
     checkpoint_every: int = 250
@@ -94,6 +98,13 @@ class RefineConfig(BaseConfig):
     learning_rate: float = 4e-4
     warmup: int = 100
     seed: int = 5
+    # Region-sized noise. Offset noise took the picture's mean colour out of the seed, but a region's colour still
+    # came from it: at the last timestep a 5x5-latent region of white noise averages to ~0.2 against 0.068 x its
+    # colour, so the model learned to read hair and dress colours from the seed (seed 0 drew black hair, seed 4
+    # dark skin, whatever the caption). Pyramid noise raises the noise of every region (~0.55), so the caption has
+    # to say it. Its coarsest level (1x1) takes the offset noise's place.
+    noise_offset: float = 0.0
+    multires_iterations: int = 4
 
 
 @dataclass
@@ -272,9 +283,8 @@ def _train_diffusion(
         index = torch.from_numpy(picks)
         shape = means[index].shape
         latents = (means[index].float() + stds[index].float() * torch.randn(shape, generator=generator)) * scaling
-        noise = torch.randn(shape, generator=generator)
-        if config.noise_offset:
-            noise = noise + config.noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator)
+        noise = training_noise(shape, generator, config.noise_offset, config.multires_iterations,
+                               config.multires_discount)
         timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (config.batch,), generator=generator)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         tokens = tokenizer(texts, padding="max_length", max_length=model.TEXT_LENGTH, truncation=True,
@@ -331,6 +341,32 @@ def _trained_parts(folder: Path, *, tags: bool) -> model.Parts:
         for index, parameter in enumerate(parameters):
             parameter.copy_(tensors[f"ema.{index}"])
     return parts
+
+
+def training_noise(
+    shape: torch.Size, generator: torch.Generator, offset: float = 0.0, iterations: int = 0, discount: float = 0.8
+) -> torch.Tensor:
+    """White noise plus offset noise (``offset`` x one value per picture and channel) and pyramid noise (for
+    level 1..``iterations``: noise of 1/2**level the size, bilinearly upsampled, x ``discount**level``), the
+    pyramid scaled back to unit variance.
+
+    Example:
+        >>> training_noise(torch.Size([2, 4, 16, 16]), torch.Generator().manual_seed(0), 0.0, 4).shape
+        torch.Size([2, 4, 16, 16])
+    """
+    noise = torch.randn(shape, generator=generator)
+    if offset:
+        noise = noise + offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator)
+    if iterations:
+        height, width = shape[-2:]
+        for level in range(1, iterations + 1):
+            size = (max(height >> level, 1), max(width >> level, 1))
+            coarse = torch.randn((shape[0], shape[1], *size), generator=generator)
+            upsampled = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear",
+                                                        align_corners=False)
+            noise = noise + discount**level * upsampled
+        noise = noise / noise.std()  # as kohya's: the batch's noise back to unit variance
+    return noise
 
 
 def _shuffled(caption: str, seed: int) -> str:

@@ -71,17 +71,24 @@ def demo_command(
     threads: int = typer.Option(
         1, "--threads", min=1, help="CPU threads for torch (the tiny model runs fastest on one)."
     ),
-    world: bool = typer.Option(False, "--world", help="Run on the built-in world (its trained model and gobuhime "
-                               "LoRA) and measure the side effect before and after; needs the shipped weights."),
+    world: bool | None = typer.Option(
+        None, "--world/--tiny", help="The built-in world (its trained model and gobuhime LoRA, the side effect "
+        "measured before and after; the default when its weights are installed) or the tiny random-weight model."),
 ) -> None:
-    """Show what lbw does, end to end, on a tiny model built locally (no downloads, under a minute on a CPU).
+    """Show what lbw does, end to end, on the built-in world (no downloads, under a minute on a CPU).
 
-    Builds a tiny SD1.5-layout pipeline and a matching LoRA, runs the Effective Block Analyzer over all 26
-    blocks, renders a Sub grid of the suggested sheet, bakes the suggested weights exactly and verifies the bake.
+    Runs the Effective Block Analyzer over all 26 blocks of the world's gobuhime LoRA (the face as the region of
+    interest), renders a Sub grid of the suggested sheet, bakes the suggested weights exactly, verifies the bake
+    and measures the side effect (green outside the face) before and after. ``--tiny`` runs the same loop on a
+    tiny random-weight model built locally.
     """
     if sheet:
         print_sheet_demo()
         return
+    if world is None:
+        from lbw.world.assets import shipped
+
+        world = shipped()
     run_render_demo(out, device, threads, world=world)
 
 

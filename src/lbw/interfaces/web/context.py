@@ -52,6 +52,7 @@ class WebContext:
         """Open the workspace (created), build the demo project when asked, fix the folders the page may use."""
         from lbw.services.projects import get_project, open_workspace
         from lbw.services.workbench import open_demo_project
+        from lbw.world.assets import shipped, weights_folder
 
         store = open_workspace(options.workspace)
         workspace = Path(store.workspace)
@@ -66,6 +67,9 @@ class WebContext:
             first = first or open_demo_project(store, assets).name
             loras.append(assets)
             models.append(assets)
+            if shipped():  # the built-in world's model and LoRAs are read where they are installed
+                loras.append(weights_folder() / "loras")
+                models.append(weights_folder() / "model")
         if first is not None:
             get_project(store, first)  # an unknown --project is an error before the server starts
         roots = Roots(workspace=workspace, loras=tuple(loras), models=tuple(models), extra=(uploads,))
