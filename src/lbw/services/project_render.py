@@ -1,6 +1,6 @@
 """Rendering for projects: a project's plan and backend from its settings, one run into a staging folder, and
 the records of what it produced (cells with Diff %, grids, the analyzer table). Knows nothing of the store:
-``lbw.services.projects`` moves the staging folder into the workspace and records the iteration.
+``lbw.services.project_iterations`` moves the staging folder into the workspace and records the iteration.
 
 Diff % of a plot cell is LBW's (``lbw.render.analysis.diff_percent``, threshold 20) against the base cell of its
 list (``Sub`` for Sub variants, ``Add`` for Add variants) at the same seed; an analyzer cell's is the analyzer's own
@@ -34,6 +34,7 @@ from lbw.render.plan import Plan
 from lbw.render.runner import CellCallback, RunResult, run_plan
 from lbw.services.analyze import EbaReport, eba_plan, run_eba
 from lbw.services.plot import make_backend, plan_from_sheet
+from lbw.services.project_settings import lora_specs, render_settings
 from lbw.services.project_types import ProjectSettings
 from lbw.store.records import AnalysisRecord, CellRecord
 
@@ -45,8 +46,6 @@ DEFAULT_URLS = {"a1111": "http://127.0.0.1:7860", "comfyui": "http://127.0.0.1:8
 
 def project_plan(sheet: Sheet, settings: ProjectSettings, mode: str) -> Plan:
     """The Sub/Add/SubAdd/AddSub plan of ``sheet`` with the project's settings."""
-    from lbw.services.projects import lora_specs, render_settings
-
     return plan_from_sheet(sheet, mode, settings=render_settings(settings), loras=lora_specs(settings),
                            model=settings.model)
 
@@ -64,8 +63,6 @@ def analysis_plan(
     diff_color: str = "black",
 ) -> Plan:
     """The Effective Block Analyzer plan for the project's tuned LoRA (others rendered beside it)."""
-    from lbw.services.projects import lora_specs, render_settings
-
     tuned, *others = lora_specs(settings)
     return eba_plan(tuned, model=settings.model, settings=render_settings(settings), blocks=blocks, probe=probe,
                     base=base, threshold=threshold, transpose=transpose, roi=settings.roi, thresholds=thresholds,
