@@ -64,7 +64,8 @@ def test_render_records_an_iteration_then_a_click_and_a_subadd(assets, tmp_path)
     view = create_project(store, "Face", _settings(assets), _open_sheet("IN01", "OUT03"))
     seen = []
     it = render_iteration(store, "Face", backend_options=CPU, progress=lambda *event: seen.append(event))
-    assert seen[-1][:2] == (3, 3) and [e[2] for e in seen] == ["Sub", "SubIN01_0.5", "SubOUT03_0.5"]
+    assert seen[0] == (0, 3, "", False)  # the total, before the first cell is drawn
+    assert seen[-1][:2] == (3, 3) and [e[2] for e in seen[1:]] == ["Sub", "SubIN01_0.5", "SubOUT03_0.5"]
     assert (it.number, it.kind) == (1, "sub")
     assert [(c.label, c.block, c.value, c.seed, c.base_label) for c in it.cells] == [
         ("Sub", None, None, 1, None), ("SubIN01_0.5", "IN01", 0.5, 1, "Sub"), ("SubOUT03_0.5", "OUT03", 0.5, 1, "Sub")]
