@@ -132,7 +132,10 @@ def keep_mask(region: str, width: int, height: int) -> np.ndarray:
         >>> int(keep_mask("0.25,0,0.75,0.5", 8, 8).sum())
         16
     """
-    box = Box.parse(region, width, height)
+    try:
+        box = Box.parse(region, width, height)
+    except RenderError as error:
+        raise RenderError(error.message.replace("region", "keep box", 1)) from None
     if (box.left, box.top, box.right, box.bottom) == (0, 0, width, height):
         raise RenderError(f"keep box {region!r} covers the whole {width}x{height} image: nothing is left outside it "
                           "to measure side effects on")

@@ -1,0 +1,194 @@
+"""``run_tune`` on the tiny model: the budget, decisions in the project's history, resume after Ctrl-C, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lbw.domain.layouts import SD26
+from lbw.domain.sheet import Sheet
+from lbw.errors import ProjectError
+from lbw.services.demo_render import DEMO_PROMPT
+from lbw.services.projects import (
+    ProjectSettings,
+    create_project,
+    get_iteration,
+    get_project,
+    open_workspace,
+    project_log,
+)
+from lbw.services.tune import TuneOptions, default_held_out, run_tune
+
+OPEN = ("BASE", "IN01", "OUT00", "OUT03", "OUT07", "OUT11")
+BOX = "0.25,0.2,0.75,0.7"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import torch
+
+    from lbw.services.demo_render import build_demo_assets
+
+    torch.set_num_threads(1)
+    return build_demo_assets(tmp_path_factory.mktemp("assets"))
+
+
+class Counting:
+    """The real diffusers backend on the CPU, noting the identity of every image it renders."""
+
+    def __init__(self) -> None:
+        from lbw.services.plot import make_backend
+
+        self.inner = make_backend("diffusers", device="cpu")
+        self.name = self.inner.name
+        self.rendered: list[str] = []
+
+    def prepare(self, plan):
+        self.inner.prepare(plan)
+
+    def identity(self, plan, hasher):
+        return self.inner.identity(plan, hasher)
+
+    def job_identity(self, plan, job):
+        return self.inner.job_identity(plan, job)
+
+    def render(self, plan, jobs, on_step=None):
+        for job, image in self.inner.render(plan, jobs, on_step):
+            self.rendered.append(json.dumps(self.inner.job_identity(plan, job), sort_keys=True))
+            yield job, image
+
+    def close(self):
+        self.inner.close()
+
+
+def _project(tmp_path: Path, assets, name: str = "Face", **changes):
+    model, lora = assets
+    settings = ProjectSettings(lora=str(lora), model=str(model), prompt=DEMO_PROMPT, negative="lowres", width=64,
+                               height=64, steps=2, seeds=(1,))
+    store = open_workspace(tmp_path / "ws")
+    sheet = Sheet.new(name, SD26).fix([b for b in SD26.ids if b not in OPEN])
+    create_project(store, name, settings.with_changes(changes) if changes else settings, sheet)
+    return store
+
+
+OPTIONS = TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,))
+
+
+def test_a_tune_stays_within_its_budget_and_records_every_decision_with_why(assets, tmp_path):
+    store = _project(tmp_path, assets)
+    backend, events = Counting(), []
+    report = run_tune(store, "Face", OPTIONS, backend=backend, progress=events.append)
+    # the budget: every image the backend drew is counted, none twice, and the phases stay within their shares
+    assert len(backend.rendered) == len(set(backend.rendered)) == report.cells <= 40
+    counts = report.counts
+    assert counts["references"] == 4 and counts["evaluation"] <= 4           # ALL, OFF and results at 2 seeds
+    assert counts["tutorial"] <= (40 - 8) // 2 and counts["search"] <= 40 - 8 - counts["tutorial"]
+    assert events[-1].cells == report.cells and events[0].phase == "references"
+    assert all(e.cells <= e.budget == 40 for e in events)
+    # the table: ALL and OFF have their known scores; the winner is the better strategy on the tuning seeds
+    rows = {row.name: row for row in report.rows}
+    assert list(rows) == ["ALL", "tutorial", "search", "OFF"]
+    assert (rows["ALL"].tuning.effect, rows["ALL"].tuning.side) == (1.0, 1.0)
+    assert (rows["OFF"].held_out.effect, rows["OFF"].held_out.side) == (0.0, 0.0)
+    assert report.tuning_seeds == (1,) and report.held_out_seeds == (2,) and rows["search"].held_out.n == 1
+    # the project's sheet is the winner's, every tunable block fixed
+    view = get_project(store, "Face")
+    assert view.sheet.values == report.values == rows[report.winner].weights
+    assert view.sheet.is_done and view.sheet.weight_line() == report.weights
+    assert view.settings.roi == BOX and view.settings.seeds == (1,)
+    # every round is an iteration whose decisions carry the scores and why
+    analysis, first_round = report.iterations[0], report.iterations[1]
+    assert get_iteration(store, "Face", analysis).kind == "eba"
+    decisions = get_iteration(store, "Face", first_round).decisions
+    assert all(d.source == "auto" for d in decisions)
+    assert all(d.detail["why"] for d in decisions if d.block is not None)
+    rounds = [d for d in decisions if d.action in ("take", "keep")]
+    assert {d.block for d in rounds} == {"OUT00", "OUT03", "OUT11"}         # the analyzer's unclear blocks
+    for decision in rounds:
+        tune = decision.detail["tune"]
+        assert tune["strategy"] == "tutorial" and tune["step"] == 0.5 and tune["iteration"] == first_round
+        assert 0.0 <= tune["effect"] <= 1.0 and tune["side"] >= 0.0 and tune["tried"][-1]["rule"] == tune["rule"]
+        assert decision.detail["cell"] == f"Sub{decision.block}_0" and decision.describe().endswith(
+            f": {decision.detail['why']}")
+    log = [entry.text for entry in project_log(store, "Face")]
+    assert any(text.startswith("settings: ") for text in log)                 # the keep box became the region
+    # the grid: ALL, tutorial, search, LoRA off x seed 1 (tuning), seed 2 (held out); the report file
+    with Image.open(report.grid) as grid:
+        assert grid.width > 2 * 64 and grid.height > 4 * 64
+    data = json.loads(report.report.read_text(encoding="utf-8"))
+    assert data["weights"] == report.weights and data["cells"] == counts and data["rows"][0]["name"] == "ALL"
+    # a re-run of the finished tune renders nothing and reports the same
+    again = run_tune(store, "Face", OPTIONS, backend=backend)
+    assert len(backend.rendered) == report.cells and again.values == report.values and again.counts == counts
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def test_an_interrupted_tune_continues_without_rendering_anything_twice(assets, tmp_path):
+    whole = Counting()
+    expected = run_tune(_project(tmp_path / "a", assets), "Face", OPTIONS, backend=whole)
+    store = _project(tmp_path / "b", assets)
+    backend = Counting()
+    for stop_at in (6, 20):  # in the analyzer run (after the 4 references), then in the search
+
+        def on_cell(done, total, label, cached, stop_at=stop_at):
+            if len(backend.rendered) >= stop_at:
+                raise Stop()
+
+        with pytest.raises(Stop):
+            run_tune(store, "Face", OPTIONS, backend=backend, on_cell=on_cell)
+        state = json.loads((store.workspace / "projects" / "1" / "tune" / "state.json").read_text())
+        assert state["status"] == "running" and sum(state["counts"].values()) == len(backend.rendered)
+    report = run_tune(store, "Face", OPTIONS, backend=backend)
+    assert len(backend.rendered) == len(set(backend.rendered)) == len(whole.rendered)
+    assert sorted(backend.rendered) == sorted(whole.rendered)
+    assert report.values == expected.values and report.counts == expected.counts
+    assert [(r.name, r.tuning, r.held_out) for r in report.rows] == [
+        (r.name, r.tuning, r.held_out) for r in expected.rows]
+
+
+def test_refusals(assets, tmp_path):
+    store = _project(tmp_path, assets)
+    with pytest.raises(ProjectError, match="has no region: give --keep-box"):
+        run_tune(store, "Face", TuneOptions())
+    with pytest.raises(ProjectError, match="seed 1 is both a tuning and a held-out seed"):
+        run_tune(store, "Face", TuneOptions(keep_box=BOX, held_out_seeds=(1, 5)))
+    with pytest.raises(ProjectError, match="--budget 8 is too small: ALL and LoRA off at 2 seeds and the final "
+                                           "evaluation take up to 8 cells"):
+        run_tune(store, "Face", TuneOptions(keep_box=BOX, budget=8, held_out_seeds=(2,)))
+    with pytest.raises(ProjectError, match="unknown strategy 'greedy'"):
+        run_tune(store, "Face", TuneOptions(keep_box=BOX, strategy="greedy"))
+    with pytest.raises(ProjectError, match="the threshold must be a number above 0 and at most 1"):
+        run_tune(store, "Face", TuneOptions(keep_box=BOX, threshold=1.5))
+    with pytest.raises(ProjectError, match="keep box '0,0,1,1' covers the whole 64x64 image"):
+        run_tune(store, "Face", TuneOptions(keep_box="0,0,1,1"))
+    with pytest.raises(ProjectError, match="unknown scorer 'clip'"):
+        run_tune(store, "Face", TuneOptions(keep_box=BOX, scorer="clip"))
+    assert not (store.workspace / "projects" / "1" / "tune").exists()     # refused before anything was written
+    assert default_held_out((1, 2)) == (3, 4) and default_held_out((2**32 - 1,)) == (0, 1)
+
+
+def test_an_unfinished_tune_is_continued_only_with_its_options(assets, tmp_path):
+    store = _project(tmp_path, assets)
+    backend = Counting()
+
+    def stop(*event):
+        if backend.rendered:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        run_tune(store, "Face", OPTIONS, backend=backend, on_cell=stop)
+    with pytest.raises(ProjectError, match=r"unfinished tune with other options or settings .*threshold 0\.9.*; run "
+                                           r"it with those to continue it, or pass --restart"):
+        run_tune(store, "Face", TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,), threshold=0.8),
+                 backend=backend)
+    with pytest.raises(Stop):
+        run_tune(store, "Face", TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,), threshold=0.8,
+                                            restart=True), backend=backend, on_cell=stop)
+    state = json.loads((store.workspace / "projects" / "1" / "tune" / "state.json").read_text())
+    assert state["run"] == 2 and state["fingerprint"]["threshold"] == 0.8
