@@ -192,3 +192,20 @@ def test_an_unfinished_tune_is_continued_only_with_its_options(assets, tmp_path)
                                             restart=True), backend=backend, on_cell=stop)
     state = json.loads((store.workspace / "projects" / "1" / "tune" / "state.json").read_text())
     assert state["run"] == 2 and state["fingerprint"]["threshold"] == 0.8
+
+
+def test_the_search_stays_inside_the_sheets_bounds(assets, tmp_path):
+    from dataclasses import replace
+
+    from lbw.services.projects import replace_sheet
+
+    store = _project(tmp_path, assets)
+    view = get_project(store, "Face")
+    replace_sheet(store, "Face", replace(view.sheet, lower=0.3, upper=0.9,
+                                         values=tuple(min(v, 0.9) for v in view.sheet.values)),
+                  expected_version=view.version)
+    report = run_tune(store, "Face", TuneOptions(keep_box=BOX, budget=24, strategy="search", held_out_seeds=(2,)),
+                      backend=Counting())
+    assert report.counts["search"] == 24 - 4 - 2 and [row.name for row in report.rows] == ["ALL", "search", "OFF"]
+    tuned = dict(zip(SD26.ids, report.values, strict=True))
+    assert all(0.375 <= tuned[b] <= 0.875 for b in OPEN) and all(tuned[b] == 0.9 for b in SD26.ids if b not in OPEN)

@@ -187,13 +187,13 @@ def run_tune(
                 f"({describe_fingerprint(state.get('fingerprint') or {})}); run it with those to continue it, or "
                 "pass --restart to start a new one")
         state = None
+    if state is None and not view.sheet.unfixed_ids:
+        raise ProjectError(f"every block of project {view.name!r}'s sheet is fixed: nothing to tune; unfix the "
+                           f"blocks to tune (lbw sheet unfix --project {view.name} ...) or undo to an earlier "
+                           "iteration")
     view = _use_settings(store, view, tuning, box)
     if state is None:
         tunable = view.sheet.unfixed_ids
-        if not tunable:
-            raise ProjectError(f"every block of project {view.name!r}'s sheet is fixed: nothing to tune; unfix the "
-                               f"blocks to tune (lbw sheet unfix --project {view.name} ...) or undo to an earlier "
-                               "iteration")
         state = new_state(fingerprint, options.budget, run=next_run(folder))
         state["start"] = {"values": list(view.sheet.values), "tunable": list(tunable)}
         run_folder(folder, state["run"]).mkdir(parents=True, exist_ok=True)

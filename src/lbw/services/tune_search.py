@@ -1,12 +1,13 @@
 """The ``search`` strategy of ``lbw tune``: Optuna's TPE sampler over the tunable blocks, seeded with a start.
 
-Every tunable block takes a value from 0 to 1 in steps of 0.125 (the tutorial's finest step), except the blocks
-the tutorial's analyzer run found inert (their lowered cells are byte for byte the source); the other blocks keep
-the seed's values (the user's fixed blocks: the values the tune started with). The first trial is the seed (the
-tutorial's result, or the sheet the tune started from), given to Optuna with ``enqueue_trial``. Each trial
-renders one cell per tuning seed; TPE minimises ``lbw.domain.tune_rule.search_objective`` (the side effect, a
-penalty for effect kept below the threshold, a tie-breaker toward the original weights); the result is the best
-trial by the goal itself (``best_index``). The sampler has a fixed seed, so the same renders give the same trials.
+Every tunable block takes a value from 0 to 1 (inside the sheet's bounds) in steps of 0.125 (the tutorial's finest
+step), except the blocks the tutorial's analyzer run found inert (their lowered cells are byte for byte the source);
+the other blocks keep the seed's values (the user's fixed blocks: the values the tune started with). The first trial
+is the seed (the tutorial's result, or the sheet the tune started from), given to Optuna with ``enqueue_trial``.
+Each trial renders one cell per tuning seed; TPE minimises ``lbw.domain.tune_rule.search_objective`` (the side
+effect, a penalty for effect kept below the threshold, a tie-breaker toward the original weights); the result is the
+best trial by the goal itself (``best_index``). The sampler has a fixed seed, so the same renders give the same
+trials.
 
 Resuming needs no Optuna storage: a re-run replays the search from the start with the same sampler seed; every
 trial already rendered comes from the cell cache (costing no budget), so the replay reaches the interrupted trial
@@ -21,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,14 +37,26 @@ MAX_TRIALS = 100_000
 REPORT_EVERY = 10
 
 
-def snap(value: float) -> float:
-    """``value`` on the search grid (0..1 in steps of ``GRID``).
+def value_range(lower: float | None, upper: float | None) -> tuple[float, float]:
+    """The search's values: 0..1 on the ``GRID``, inside the sheet's bounds when it has them.
+
+    Example:
+        >>> value_range(None, None), value_range(0.3, 0.9)
+        ((0.0, 1.0), (0.375, 0.875))
+    """
+    low = max(0.0, math.ceil((lower if lower is not None else 0.0) / GRID - 1e-9) * GRID)
+    high = min(1.0, math.floor((upper if upper is not None else 1.0) / GRID + 1e-9) * GRID)
+    return (low, high) if low <= high else (low, low)
+
+
+def snap(value: float, low: float = 0.0, high: float = 1.0) -> float:
+    """``value`` on the search grid (``low``..``high`` in steps of ``GRID``).
 
     Example:
         >>> snap(0.3), snap(1.4), snap(-0.2)
         (0.25, 1.0, 0.0)
     """
-    return min(1.0, max(0.0, round(value / GRID) * GRID))
+    return min(high, max(low, round(value / GRID) * GRID))
 
 
 def run_search(ctx: TuneContext, seed: Sequence[float]) -> dict[str, Any]:
@@ -59,17 +73,19 @@ def run_search(ctx: TuneContext, seed: Sequence[float]) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=ctx.sampler_seed)
     study = optuna.create_study(direction="minimize", sampler=sampler)
-    ids = ctx.view().sheet.layout.ids
+    sheet = ctx.view().sheet
+    ids = sheet.layout.ids
+    low, high = value_range(sheet.lower, sheet.upper)
     inert = set((ctx.state.get("tutorial") or {}).get("inert") or ())
     blocks = [block for block in ctx.tunable if block not in inert]
     index = {block: ids.index(block) for block in blocks}
-    space = {block: FloatDistribution(0.0, 1.0, step=GRID) for block in blocks}
+    space = {block: FloatDistribution(low, high, step=GRID) for block in blocks}
     if not space:
         st.update(finished=True, cap=cap, seed=seed, trials=0, result=seed, score=None, best_trial=None,
                   stopped="no block changes the image")
         ctx.save()
         return st
-    study.enqueue_trial({block: snap(seed[i]) for block, i in index.items()})
+    study.enqueue_trial({block: snap(seed[i], low, high) for block, i in index.items()})
     pool: list[tuple[Any, list[float]]] = []
     stale = trials = 0
     stopped = f"converged: {STALE_TRIALS} trials in a row proposed weights already rendered"

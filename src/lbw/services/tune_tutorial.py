@@ -132,15 +132,16 @@ def _prepare_step(ctx: TuneContext, st: dict[str, Any], step: float) -> None:
     if view.sheet.step != step:
         view = set_step(ctx.store, ctx.name, step, source="auto", expected_version=view.version)
     values = dict(zip(view.sheet.layout.ids, view.sheet.values, strict=True))
+    floor = max(0.0, view.sheet.lower or 0.0)  # never below 0, nor below the sheet's lower bound
     if st.get("step_index", 0) > 0:
-        for block in lowerable(values, [b for b in ctx.tunable if b in view.sheet.fixed], step):
+        for block in lowerable(values, [b for b in ctx.tunable if b in view.sheet.fixed], step, floor):
             why = f"go deeper: step {step:g}; {block} at {values[block]:g} can go down by it"
             view = set_block(ctx.store, ctx.name, block, fixed=False, source="auto", action="unfix",
                              expected_version=view.version, detail={"why": why, "tune": {"strategy": PHASE,
                                                                                         "step": step}})
-    stuck = [b for b in view.sheet.unfixed_ids if b not in lowerable(values, [b], step)]
+    stuck = [b for b in view.sheet.unfixed_ids if b not in lowerable(values, [b], step, floor)]
     for block in stuck:
-        why = f"cannot be lowered by {step:g} below 0; kept at {values[block]:g}"
+        why = f"cannot be lowered by {step:g} below {floor:g}; kept at {values[block]:g}"
         view = set_block(ctx.store, ctx.name, block, value=values[block], fixed=True, source="auto", action=KEEP,
                          expected_version=view.version, detail={"why": why, "tune": {"strategy": PHASE,
                                                                                     "step": step}})
@@ -210,9 +211,15 @@ def _round(ctx: TuneContext, st: dict[str, Any], step: float) -> str:
                                               "rule": d.action, "why": d.reason})
     takes = [d for d in decisions if d.action == TAKE]
     chosen = takes or list(decisions)
+    if not takes:  # open blocks without a Sub cell (at a bound) are fixed at their value too
+        tried_blocks = {d.block for d in decisions}
+        chosen += [Decision(b, values[ids.index(b)], values[ids.index(b)], KEEP, base.score,
+                            "no Sub cell: the block is at the lower bound") for b in view.sheet.unfixed_ids
+                   if b not in tried_blocks]
     pending = [_change(d.block, d.value, True, TAKE if d.action == TAKE else KEEP, d.reason,
-                       {**where, "lowered": d.lowered, "rule": d.action, **_numbers(summaries[labels[d.block]]),
-                        "tried": tried[d.block]}, labels[d.block]) for d in chosen]
+                       {**where, "lowered": d.lowered, "rule": d.action, "tried": tried.get(d.block, []),
+                        **(_numbers(summaries[labels[d.block]]) if d.block in labels else {})},
+                       labels.get(d.block)) for d in chosen]
     st["last_takes"] = [_decision_data(d) for d in takes]
     took = ", ".join(f"{d.block} {d.current:g}->{d.lowered:g}" for d in takes)
     below = "" if base.score.feasible(ctx.threshold) else " (below the threshold: lowering cannot bring it back)"
