@@ -209,3 +209,67 @@ def test_the_search_stays_inside_the_sheets_bounds(assets, tmp_path):
     assert report.counts["search"] == 24 - 4 - 2 and [row.name for row in report.rows] == ["ALL", "search", "OFF"]
     tuned = dict(zip(SD26.ids, report.values, strict=True))
     assert all(0.375 <= tuned[b] <= 0.875 for b in OPEN) and all(tuned[b] == 0.9 for b in SD26.ids if b not in OPEN)
+
+
+LENIENT = '''
+import numpy as np
+
+
+class Lenient:
+    """A test scorer: the effect is always kept; side effect = mean |C - OFF| / mean |ALL - OFF| outside the box."""
+
+    def score(self, candidate, full, off, keep):
+        outside = ~keep
+        lora = np.abs(full.astype(float) - off.astype(float))[outside].mean()
+        left = np.abs(candidate.astype(float) - off.astype(float))[outside].mean()
+        return (1.0, float(left / lora) if lora else 0.0)
+'''
+
+
+@pytest.fixture()
+def lenient(tmp_path, monkeypatch):
+    """The scorer ``lenient``, installed as a distribution declaring it in the ``lbw.scorers`` entry points."""
+    folder = tmp_path / "site"
+    dist = folder / "lbw_lenient-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (folder / "lbw_lenient.py").write_text(LENIENT, encoding="utf-8")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lbw-lenient\nVersion: 1.0\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text("[lbw.scorers]\nlenient = lbw_lenient:Lenient\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(folder))
+    return "lenient"
+
+
+def test_the_tutorial_takes_lowerings_halves_the_step_and_resumes_between_decisions(assets, tmp_path, lenient):
+    options = TuneOptions(keep_box=BOX, budget=200, strategy="tutorial", held_out_seeds=(2,), scorer=lenient)
+    whole = Counting()
+    expected = run_tune(_project(tmp_path / "a", assets), "Face", options, backend=whole)
+    store = _project(tmp_path / "b", assets)
+    backend = Counting()
+    stops = [14, 30]  # rendered cells at which Ctrl-C lands: in the first Sub round, then at step 0.125
+
+    def on_cell(*event):
+        if stops and len(backend.rendered) >= stops[0]:
+            stops.pop(0)
+            raise Stop()
+
+    for _ in range(2):
+        with pytest.raises(Stop):
+            run_tune(store, "Face", options, backend=backend, on_cell=on_cell)
+    report = run_tune(store, "Face", options, backend=backend)
+    assert sorted(backend.rendered) == sorted(whole.rendered) and report.values == expected.values
+    assert report.cells == expected.cells < 200 and report.notes == ()          # the tutorial finished
+    log = project_log(store, "Face")
+    takes = [e.decision for e in log if e.decision is not None and e.decision.action == "take"]
+    assert takes and all(d.new_value < d.old_value and d.fixed for d in takes)
+    assert {d.detail["tune"]["step"] for d in takes} <= {0.5, 0.25, 0.125}
+    assert all(d.detail["why"].startswith("lowering keeps the effect (1.000 >= 0.9) and reduces the side effect")
+               for d in takes)
+    steps = [e.text for e in log if e.text.startswith("step ")]
+    assert steps == ["step 0.5 -> 0.25 (auto)", "step 0.25 -> 0.125 (auto)"]
+    assert any(e.text.startswith("unfix ") and "go deeper: step 0.25" in e.text for e in log)
+    assert sum(1 for e in log if e.decision is not None and e.decision.action == "keep") >= 1
+    view = get_project(store, "Face")
+    assert view.sheet.is_done and view.sheet.values == report.values
+    tutorial = next(row for row in report.rows if row.name == "tutorial")
+    assert tutorial.tuning.effect == 1.0 and tutorial.tuning.side < 1.0
+    assert sum(1 for e in log if e.kind == "iteration") == len(report.iterations)
