@@ -261,7 +261,9 @@ class DecisionView:
         if self.action in ("undo", "analysis") and "iteration" in self.detail:
             extras.append(f"to iteration {self.detail['iteration']}" if self.action == "undo"
                           else f"from iteration {self.detail['iteration']}")
-        return f"{text} ({', '.join(str(e) for e in extras)})"
+        why = self.detail.get("why")
+        reason = f": {why}" if isinstance(why, str) and why else ""  # decisions of `lbw tune` say why
+        return f"{text} ({', '.join(str(e) for e in extras)}){reason}"
 
 
 def _pair(value: Any) -> tuple[Any, Any]:

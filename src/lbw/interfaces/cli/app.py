@@ -43,6 +43,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lbw.interfaces.cli.bake",
     "lbw.interfaces.cli.render",
     "lbw.interfaces.cli.project",
+    "lbw.interfaces.cli.tune",
     "lbw.interfaces.cli.demo",
     "lbw.interfaces.cli.world",
     "lbw.interfaces.cli.web",

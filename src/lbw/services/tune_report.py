@@ -1,0 +1,131 @@
+"""The outcome of ``lbw tune``: the score table rows, the report, its JSON form and the before/after grid.
+
+Example:
+    >>> data = report_data(report)
+    >>> [row["name"] for row in data["rows"]]
+    ['ALL', 'tutorial', 'search', 'OFF']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lbw.domain.tune_rule import ScoreSummary
+from lbw.services.project_types import ProjectView
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One line of the score table: ALL, a strategy's result or OFF, on the tuning and held-out seeds."""
+
+    name: str
+    weights: tuple[float, ...] | None
+    tuning: ScoreSummary
+    held_out: ScoreSummary | None
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    """What a tune found: the winner and its weights (now the project's sheet), the score table, the cells each
+    phase rendered, the iterations it recorded, notes (why a strategy stopped), the grid and the report file."""
+
+    project: str
+    winner: str
+    weights: str
+    values: tuple[float, ...]
+    rows: tuple[ScoreRow, ...]
+    counts: dict[str, int]
+    budget: int
+    tuning_seeds: tuple[int, ...]
+    held_out_seeds: tuple[int, ...]
+    keep_box: str
+    scorer: str
+    threshold: float
+    iterations: tuple[int, ...]
+    grid: Path
+    report: Path
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def cells(self) -> int:
+        """Cells rendered by the whole tune (all runs of it)."""
+        return sum(self.counts.values())
+
+
+def write_grid(view: ProjectView, rows: Sequence[ScoreRow], images: dict[str, dict[int, Path]],
+          seeds: Sequence[int], held_out: Sequence[int], box: str, path: Path) -> Path:
+    """ALL, each result and OFF (rows) at every seed (columns, held-out ones marked), the keep box outlined."""
+    from PIL import Image, ImageDraw
+
+    from lbw.render.analysis import Box
+    from lbw.render.grid import compose_grid, save_png
+
+    region = Box.parse(box, view.settings.width, view.settings.height)
+    cells = []
+    for row in rows:
+        line = []
+        for seed in seeds:
+            with Image.open(images[row.name][seed]) as image:
+                picture = image.convert("RGB")
+            ImageDraw.Draw(picture).rectangle((region.left, region.top, region.right - 1, region.bottom - 1),
+                                              outline=(255, 255, 255))
+            line.append(picture)
+        cells.append(line)
+    labels = [f"{'LoRA off' if row.name == 'OFF' else row.name}\neffect {row.tuning.effect:.2f} side "
+              f"{row.tuning.side:.2f}" for row in rows]
+    columns = [f"seed {seed}\n{'held out' if seed in held_out else 'tuning'}" for seed in seeds]
+    grid = compose_grid(cells, labels, columns, title=f"{view.name}: ALL vs tuned vs LoRA off (keep box {box})")
+    return save_png(grid, path)
+
+
+def report_data(report: TuneReport, state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The report as JSON-ready data (``report.json``; ``lbw tune --json``)."""
+
+    def summary(value: ScoreSummary | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        return {"effect": value.effect, "side": value.side, "effect_sd": value.effect_sd, "side_sd": value.side_sd,
+                "seeds": value.n}
+
+    data: dict[str, Any] = {
+        "lbw_tune_report": 1,
+        "project": report.project,
+        "winner": report.winner,
+        "weights": report.weights,
+        "threshold": report.threshold,
+        "keep_box": report.keep_box,
+        "scorer": report.scorer,
+        "tuning_seeds": list(report.tuning_seeds),
+        "held_out_seeds": list(report.held_out_seeds),
+        "rows": [{"name": r.name, "weights": None if r.weights is None else list(r.weights),
+                  "tuning": summary(r.tuning), "held_out": summary(r.held_out)} for r in report.rows],
+        "budget": report.budget,
+        "cells": report.counts,
+        "iterations": list(report.iterations),
+        "grid": str(report.grid),
+        "notes": list(report.notes),
+    }
+    if state is not None:
+        tutorial, search = state.get("tutorial") or {}, state.get("search") or {}
+        if tutorial:
+            data["tutorial"] = {"analysis_iteration": tutorial.get("analysis"), "finished": tutorial.get("finished"),
+                                "tries": tutorial.get("tried", {})}
+        if search:
+            data["search"] = {"trials": search.get("trials"), "best_trial": search.get("best_trial"),
+                              "stopped": search.get("stopped")}
+    return data
+
+
+def notes(state: Mapping[str, Any], results: Mapping[str, Any]) -> tuple[str, ...]:
+    """Why each strategy stopped, when it matters."""
+    notes = []
+    tutorial, search = state.get("tutorial") or {}, state.get("search") or {}
+    if "tutorial" in results and tutorial.get("stopped"):
+        notes.append(f"tutorial: {tutorial['stopped']}")
+    if "search" in results and search.get("stopped"):
+        notes.append(f"search: {search.get('trials', 0)} trials, best trial {search.get('best_trial')}; stopped "
+                     f"by {search['stopped']}")
+    return tuple(notes)
