@@ -76,3 +76,24 @@ def test_refine_starts_from_the_base_with_whole_tag_tokens(prepared: Path, tmp_p
     plain = model.build_tokenizer()
     red, hair = (old[i] for i in plain("red hair", add_special_tokens=False).input_ids)
     assert torch.allclose(new[tokenizer.convert_tokens_to_ids("red hair")], (red + hair) / 2)
+
+
+def test_the_decoder_stage_leaves_the_encoder_and_so_every_latent_unchanged(prepared: Path, tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    from lbw.world.decoder import DecoderConfig, train_decoder
+
+    work = _copy_inputs(prepared, tmp_path / "d")
+    shutil.copytree(prepared / "vae" / "final", work / "vae" / "final")
+    config = DecoderConfig(steps=2, batch=4, lora_pictures=4, warmup=0, checkpoint_every=1, learning_rate=1e-3)
+    before = AutoencoderKL.from_pretrained(str(work / "vae" / "final"))
+    after = AutoencoderKL.from_pretrained(str(train_decoder(work, config)))
+    old, new = before.state_dict(), after.state_dict()
+    frozen = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
+    trained = [k for k in old if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and trained
+    assert all(torch.equal(old[k], new[k]) for k in frozen)
+    assert any(not torch.equal(old[k], new[k]) for k in trained)
+    training.train_base(work, training.BaseConfig(steps=1, batch=2, checkpoint_every=1, warmup=0))
+    exported = AutoencoderKL.from_pretrained(str(training.export_base(work, tmp_path / "m") / "vae"))
+    assert torch.equal(exported.state_dict()["decoder.conv_out.weight"], new["decoder.conv_out.weight"])

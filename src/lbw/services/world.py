@@ -16,7 +16,7 @@ from typing import Any
 
 from lbw.errors import LbwError
 
-STAGES = ("data", "vae", "latents", "base", "refine", "export", "loras")
+STAGES = ("data", "vae", "latents", "base", "refine", "decoder", "export", "loras")
 Progress = Callable[[str, int, int, float], None]
 
 
@@ -30,18 +30,22 @@ class WorldPlan:
     vae: Any = None
     base: Any = None
     refine: Any = None
+    decoder: Any = None
     loras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from lbw.world import lora_training, training
+        from lbw.world.decoder import DecoderConfig
 
         self.data = self.data or training.DataConfig()
         self.vae = self.vae or training.VaeConfig()
         self.base = self.base or training.BaseConfig()
         self.refine = self.refine or training.RefineConfig()
+        self.decoder = self.decoder or DecoderConfig()
         if not self.loras:
             self.loras = {
-                "gobuhime": lora_training.LoraTrainConfig(name="gobuhime", seed=11),
+                # 400 steps drew green skin on 55% of validation pictures: the character needs longer
+                "gobuhime": lora_training.LoraTrainConfig(name="gobuhime", seed=11, steps=1_000),
                 "sailor": lora_training.LoraTrainConfig(name="sailor", seed=12),
             }
         unknown = [s for s in self.stages if s not in STAGES]
@@ -53,7 +57,7 @@ def train_world(work: Path, plan: WorldPlan, progress: Progress | None = None) -
     """Run the plan's stages in order (each resumes or is skipped when done); returns wall seconds per stage."""
     import torch
 
-    from lbw.world import lora_training, training
+    from lbw.world import decoder, lora_training, training
 
     torch.set_num_threads(plan.threads)
     report = progress or (lambda *_: None)
@@ -74,6 +78,8 @@ def train_world(work: Path, plan: WorldPlan, progress: Progress | None = None) -
             training.train_base(work, plan.base, report)
         elif stage == "refine":
             training.train_refine(work, plan.refine, report)
+        elif stage == "decoder":
+            decoder.train_decoder(work, plan.decoder, report)
         elif stage == "export":
             training.export_base(work, work / "model")
         elif stage == "loras":
@@ -92,6 +98,7 @@ def _plan_json(plan: WorldPlan) -> dict[str, Any]:
         "vae": asdict(plan.vae),
         "base": asdict(plan.base),
         "refine": asdict(plan.refine),
+        "decoder": asdict(plan.decoder),
         "loras": {name: asdict(config) for name, config in plan.loras.items()},
     }
 
@@ -184,6 +191,7 @@ def _stage_seconds(work: Path) -> dict[str, float]:
     """Wall seconds of each trained stage, from its loss log (the last entry's clock, resumes included)."""
     out: dict[str, float] = {}
     for name, folder in (("vae", work / "vae"), ("base", work / "base"), ("refine", work / "refine"),
+                         ("decoder", work / "vae-decoder"),
                          ("gobuhime", work / "lora-gobuhime"), ("sailor", work / "lora-sailor")):
         log = folder / "loss.jsonl"
         if log.is_file():

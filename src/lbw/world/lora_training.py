@@ -48,7 +48,7 @@ from lbw.world.training import (
 class LoraTrainConfig:
     name: str = "gobuhime"
     pictures: int = 1_500
-    steps: int = 600
+    steps: int = 400
     batch: int = 16
     rank: int = 8
     alpha: float = 8.0

@@ -379,12 +379,13 @@ def _shuffled(caption: str, seed: int) -> str:
 # ---------------------------------------------------------------------------------------------------- 6. export
 def export_base(work: Path, dest: Path) -> Path:
     """The EMA weights of the newest refine checkpoint (the base's when there is no refine stage), with the
-    trained VAE, as a diffusers folder at ``dest``."""
+    trained VAE (its fine-tuned decoder when the ``decoder`` stage ran), as a diffusers folder at ``dest``."""
     from diffusers import AutoencoderKL
 
     refined = checkpoint.latest_checkpoint(work / "refine") is not None
     parts = _trained_parts(work / ("refine" if refined else "base"), tags=refined)
-    vae = AutoencoderKL.from_pretrained(str(work / "vae" / "final"))
+    decoder = work / "vae-decoder" / "final"  # the decoder fine-tuned on every colour (lbw.world.decoder)
+    vae = AutoencoderKL.from_pretrained(str(decoder if decoder.is_dir() else work / "vae" / "final"))
     _, _, scaling = load_latents(work)
     vae.register_to_config(scaling_factor=scaling)
     parts.vae = vae

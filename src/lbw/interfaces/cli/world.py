@@ -66,10 +66,12 @@ def draw_command(
     print(out)
 
 
+STAGE_NAMES = ("data", "vae", "latents", "base", "refine", "decoder", "export", "loras")  # lbw.services.world.STAGES
+
+
 def train_command(
     work: Path = typer.Option(DEFAULT_WORK, "--work", help="Folder for data, checkpoints and results."),
-    stages: str = typer.Option(",".join(("data", "vae", "latents", "base", "refine", "export", "loras")), "--stages",
-                               help="Comma-separated stages to run, in order."),
+    stages: str = typer.Option(",".join(STAGE_NAMES), "--stages", help="Comma-separated stages to run, in order."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads (1 is fastest on a small busy machine)."),
     base_steps: int | None = typer.Option(None, "--base-steps", min=1, help="Override the base model's steps."),
     refine_steps: int | None = typer.Option(None, "--refine-steps", min=1, help="Override the refine phase's steps."),
