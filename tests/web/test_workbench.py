@@ -115,7 +115,7 @@ def test_tutorial_loop(demo_server, page_factory, shoot):
     act(page, lambda: page.locator("#lbw-start-sheet").click(), "open:")
     sheet = get_project(store, "demo").sheet
     unclear = [r.block for r in analysis.rows if r.category == "unclear"]
-    assert len(unclear) >= 4, "the demo LoRA should leave a few blocks unclear"
+    assert len(unclear) >= 3, "the demo LoRA should leave a few blocks unclear (two to click, one for SubAdd)"
     assert set(sheet.unfixed_ids) == set(unclear)
     assert all(sheet.value(b) == 0.5 for b in unclear)
 

@@ -27,6 +27,7 @@ from lbw.services.plot import plan_from_sheet
 
 DEMO_REGION = FACE_REGION
 STORY_SEEDS = (11, 12, 13, 14)
+DEMO_THRESHOLD = 5  # pixel levels: the world's flat 64-px pictures (lbw.services.workbench.analysis_threshold)
 
 
 def run_world_demo(
@@ -44,7 +45,8 @@ def run_world_demo(
     stage("the built-in world: its model and the gobuhime LoRA")
     model, lora = world_demo_assets()
     spec = LoraSpec(path=str(lora), name=lora.stem)
-    plan = eba_plan(spec, model=str(model), settings=world_settings((1, 2)), name="Gobuhime", roi=DEMO_REGION)
+    plan = eba_plan(spec, model=str(model), settings=world_settings((1, 2)), name="Gobuhime", roi=DEMO_REGION,
+                    threshold=DEMO_THRESHOLD)
     stage("Effective Block Analyzer: source + 26 blocks at 0.5, face as the region of interest")
     backend = DiffusersBackend(device=device)
     try:

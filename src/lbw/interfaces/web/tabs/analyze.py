@@ -76,6 +76,15 @@ def build(page: Any) -> None:
                 block_images(view.name, number, first) if first else [],
                 [(str(p), p.stem) for p in iteration.grids]]
 
+    @page.on_refresh([threshold])
+    def default_threshold(view: Any, session: dict[str, Any]) -> list[Any]:
+        """Before a project's first analysis, the pixel threshold suits its render size."""
+        from lbw.services.workbench import analysis_threshold
+
+        if view is None or page.sheet_only(session) or runs(view.name):
+            return [gr.skip()]
+        return [analysis_threshold(view.settings)]
+
     def block_images(name: str, number: int, block: str) -> list[tuple[str, str]]:
         from lbw.services.projects import get_iteration
         from lbw.services.workbench import analysis_images
