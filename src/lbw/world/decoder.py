@@ -24,9 +24,9 @@ import torch
 from lbw.world.training import (
     Progress,
     _cosine_with_warmup,
-    _log_loss,
+    _optimizer_step,
     _quiet_progress,
-    _save,
+    _record_step,
     _to_tensor,
     load_data,
     resume,
@@ -87,15 +87,7 @@ def train_decoder(work: Path, config: DecoderConfig, progress: Progress = _quiet
             latents = vae.encode(batch).latent_dist.mean
         reconstruction = vae.decode(latents).sample
         loss = torch.nn.functional.mse_loss(reconstruction, batch)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
-        progress("decoder", step + 1, config.steps, value)
-        if (step + 1) % 20 == 0:
-            _log_loss(folder, step + 1, value, time.monotonic() - began)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            _save(folder, step + 1, {"vae": vae}, optimizer, time.monotonic() - began)
+        _optimizer_step(loss, optimizer, schedule)
+        _record_step(folder, "decoder", step, config, float(loss.detach()), {"vae": vae}, optimizer, began, progress)
     vae.save_pretrained(str(final), safe_serialization=True)
     return final

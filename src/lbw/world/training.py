@@ -197,16 +197,8 @@ def train_vae(work: Path, config: VaeConfig, progress: Progress = _quiet_progres
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(latents).sample
         loss = torch.nn.functional.mse_loss(reconstruction, batch) + config.kl_weight * posterior.kl().mean()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
-        progress("vae", step + 1, config.steps, value)
-        if (step + 1) % 20 == 0:
-            _log_loss(folder, step + 1, value, time.monotonic() - began)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            _save(folder, step + 1, {"vae": vae}, optimizer, time.monotonic() - began)
+        _optimizer_step(loss, optimizer, schedule)
+        _record_step(folder, "vae", step, config, float(loss.detach()), {"vae": vae}, optimizer, began, progress)
     vae.save_pretrained(str(final), safe_serialization=True)
     return final
 
@@ -298,13 +290,8 @@ def _train_diffusion(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(parameters)
-        value = float(loss.detach())
-        progress(stage, step + 1, config.steps, value)
-        if (step + 1) % 20 == 0:
-            _log_loss(folder, step + 1, value, time.monotonic() - began)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            _save(folder, step + 1, {"text_encoder": text_encoder, "unet": unet}, optimizer,
-                  time.monotonic() - began, ema)
+        _record_step(folder, stage, step, config, float(loss.detach()), {"text_encoder": text_encoder, "unet": unet},
+                     optimizer, began, progress, ema)
     last = checkpoint.latest_checkpoint(folder)
     assert last is not None
     return last
@@ -395,6 +382,34 @@ def export_base(work: Path, dest: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule: Any) -> None:
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _record_step(
+    folder: Path,
+    stage: str,
+    step: int,
+    config: Any,
+    value: float,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    began: float,
+    progress: Progress,
+    ema: Any | None = None,
+) -> None:
+    """After step ``step`` (0-based): progress, the loss log every 20 steps, a checkpoint every
+    ``config.checkpoint_every`` steps and at the last one."""
+    progress(stage, step + 1, config.steps, value)
+    if (step + 1) % 20 == 0:
+        _log_loss(folder, step + 1, value, time.monotonic() - began)
+    if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+        _save(folder, step + 1, modules, optimizer, time.monotonic() - began, ema)
+
+
 def _save(
     folder: Path,
     step: int,
