@@ -76,7 +76,7 @@ def test_ctrl_c_leaves_a_consistent_cache_and_the_run_resumes(assets, tmp_path, 
             "--batch-size", "1", *TINY]  # one cell per batch: the Ctrl-C lands between cells (7 fit one batch)
     code = "import sys; from lbw.interfaces.cli.app import run; sys.exit(run(sys.argv[1:]))"
     process = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(list((out / "cache").glob("*.png"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)

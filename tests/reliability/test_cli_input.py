@@ -38,7 +38,14 @@ def lbw_process(args: list[str | bytes], *, env: dict[str, str] | None = None, *
     """``lbw ARGS`` through the console-script entry point, in a child Python that imports this checkout."""
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
                    "OMP_NUM_THREADS": "1", **(env or {})}
+    popen.setdefault("preexec_fn", default_sigint)
     return subprocess.Popen([sys.executable, "-c", MAIN, *args], env=environment, **popen)  # type: ignore[arg-type]
+
+
+def default_sigint() -> None:
+    """In the child: Ctrl-C as on a terminal, even when this test run is a background job (which ignores SIGINT,
+    and a child inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def lbw_result(args: list[str | bytes], *, env: dict[str, str] | None = None) -> tuple[int, bytes, bytes]:
