@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -52,15 +53,15 @@ class Scorer(Protocol):
     def score(self, candidate: np.ndarray, full: np.ndarray, off: np.ndarray, keep: np.ndarray) -> Any: ...
 
 
-class DistanceScorer:
+class DistanceScorer(abc.ABC):
     """A scorer from a distance: subclasses define ``distance(a, b, mask)`` (>= 0, 0 for equal images); effect kept
     and side effect left follow the module's formulas."""
 
     name = "distance"
 
+    @abc.abstractmethod
     def distance(self, a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
         """The distance of ``a`` and ``b`` over the pixels where ``mask`` is True."""
-        raise NotImplementedError
 
     def score(self, candidate: np.ndarray, full: np.ndarray, off: np.ndarray, keep: np.ndarray) -> Score:
         """Effect kept inside ``keep`` and side effect left outside it."""

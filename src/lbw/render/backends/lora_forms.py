@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -103,19 +104,21 @@ def per_channel(values: torch.Tensor, like: torch.Tensor, op: str) -> torch.Tens
 # --- the cheap ΔW·x of each adapter form --------------------------------------------------------------------
 
 
-class Delta:
+class Delta(abc.ABC):
     """ΔW·(f_b·x_b) for a per-element factor f ([N] or [1]; None: 1), α/r included, without bias. ΔW is linear,
     so each form applies f where its tensor is smallest (the rank-r hidden of a low-rank form)."""
 
+    @abc.abstractmethod
     def __call__(self, layer: Any, op: str, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """ΔW·(f·x) of this form."""
 
     def add_to(self, y: torch.Tensor, layer: Any, op: str, x: torch.Tensor, factor: torch.Tensor | None) -> None:
         """y += ΔW·(f·x), in place (``y``: the layer's fresh output)."""
         y.add_(self(layer, op, x, factor))
 
+    @abc.abstractmethod
     def tensors(self) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The form's tensors (to move them to a device or count their bytes)."""
 
 
 @dataclass
