@@ -97,3 +97,61 @@ def test_the_decoder_stage_leaves_the_encoder_and_so_every_latent_unchanged(prep
     training.train_base(work, training.BaseConfig(steps=1, batch=2, checkpoint_every=1, warmup=0))
     exported = AutoencoderKL.from_pretrained(str(training.export_base(work, tmp_path / "m") / "vae"))
     assert torch.equal(exported.state_dict()["decoder.conv_out.weight"], new["decoder.conv_out.weight"])
+
+
+def test_the_v_objective_is_the_velocity_and_the_picture_itself_at_zero_terminal_snr() -> None:
+    from diffusers import DDPMScheduler
+
+    from lbw.world import model
+
+    latents = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    steps = torch.tensor([0, 500, 999])
+    eps = DDPMScheduler(**model.scheduler_config())
+    assert torch.equal(training.objective_target(eps, latents, noise, steps), noise)
+    v = DDPMScheduler(**model.scheduler_config("v_prediction", zero_terminal_snr=True))
+    target = training.objective_target(v, latents, noise, steps)
+    ab = v.alphas_cumprod[steps].view(3, 1, 1, 1)
+    assert torch.allclose(target, ab.sqrt() * noise - (1 - ab).sqrt() * latents, atol=1e-6)
+    assert float(v.alphas_cumprod[-1]) == 0.0  # the last timestep keeps nothing of the picture ...
+    assert torch.allclose(target[2], -latents[2])  # ... and the model must draw it from the caption alone
+
+
+def test_the_exported_scheduler_carries_the_objective_each_stage_trained_with(prepared: Path, tmp_path: Path) -> None:
+    import json
+
+    work = _copy_inputs(prepared, tmp_path / "o")
+    shutil.copytree(prepared / "vae" / "final", work / "vae" / "final")
+    training.train_base(work, training.BaseConfig(steps=1, batch=2, checkpoint_every=1, warmup=0))
+    base = json.loads((training.export_base(work, tmp_path / "b") / "scheduler" / "scheduler_config.json").read_text())
+    assert (base["prediction_type"], base.get("rescale_betas_zero_snr", False)) == ("epsilon", False)
+    training.train_refine(work, training.RefineConfig(steps=1, batch=2, checkpoint_every=1, warmup=0))
+    exported = training.export_base(work, tmp_path / "r")
+    refined = json.loads((exported / "scheduler" / "scheduler_config.json").read_text())
+    assert (refined["prediction_type"], refined["rescale_betas_zero_snr"], refined["timestep_spacing"]) == (
+        "v_prediction", True, "trailing")
+    other = training.RefineConfig(steps=2, batch=2, checkpoint_every=1, warmup=0, prediction_type="epsilon")
+    with pytest.raises(ValueError, match="trained with"):
+        training.train_refine(work, other)  # resuming under another objective would mix two models
+
+
+def test_a_lora_trains_on_the_models_own_objective_and_saves_kohya_names(prepared: Path, tmp_path: Path) -> None:
+    from diffusers import DDPMScheduler
+
+    from lbw.files.lora_file import LoraFile
+    from lbw.world import lora_training
+
+    work = _copy_inputs(prepared, tmp_path / "l")
+    shutil.copytree(prepared / "vae" / "final", work / "vae" / "final")
+    training.train_base(work, training.BaseConfig(steps=1, batch=2, checkpoint_every=1, warmup=0))
+    training.train_refine(work, training.RefineConfig(steps=1, batch=2, checkpoint_every=1, warmup=0))
+    folder = training.export_base(work, work / "model")
+    assert DDPMScheduler.from_pretrained(str(folder), subfolder="scheduler").config.prediction_type == "v_prediction"
+    config = lora_training.LoraTrainConfig(name="gobuhime", pictures=8, steps=2, batch=2, warmup=0,
+                                           checkpoint_every=1)
+    dest = lora_training.train_lora(work, folder, config, tmp_path / "g.safetensors")
+    lora = LoraFile.open(dest)
+    assert lora.unmapped == ()
+    assert lora.module("lora_unet_down_blocks_0_attentions_0_proj_in") is not None
+    assert len(lora.blocks) == 25  # every LBW block but IN00, which kohya never adapts
+    assert "IN00" not in lora.blocks

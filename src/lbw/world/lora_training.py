@@ -39,6 +39,7 @@ from lbw.world.training import (
     _quiet_progress,
     _shuffled,
     _to_tensor,
+    objective_target,
     resume,
     training_noise,
 )
@@ -53,9 +54,10 @@ class LoraTrainConfig:
     rank: int = 8
     alpha: float = 8.0
     learning_rate: float = 1e-3
-    # the noise of the model's last phase (``training.RefineConfig``)
+    # the noise of the model's last phase (``training.RefineConfig``); the objective is the model's own
+    # (its scheduler config: epsilon or v-prediction, zero terminal SNR or not)
     noise_offset: float = 0.0
-    multires_iterations: int = 4
+    multires_iterations: int = 0
     multires_discount: float = 0.8
     warmup: int = 30
     seed: int = 11
@@ -149,7 +151,7 @@ def train_lora(
     means = torch.cat([p.mean for p in posterior])
     stds = torch.cat([p.std for p in posterior])
     scaling = float(parts.vae.config.scaling_factor)
-    noise_schedule = DDPMScheduler(**model.scheduler_config())
+    noise_schedule = DDPMScheduler.from_config(pipeline.scheduler.config)  # the model's own objective
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     schedule = _cosine_with_warmup(optimizer, config.warmup, config.steps)
     start, elapsed = resume(folder, trainable, optimizer, schedule, strict=False)
@@ -171,7 +173,8 @@ def train_lora(
         tokens = parts.tokenizer(texts, padding="max_length", max_length=model.TEXT_LENGTH, truncation=True,
                                  return_tensors="pt").input_ids
         context = parts.text_encoder(tokens)[0]
-        loss = torch.nn.functional.mse_loss(parts.unet(noisy, timesteps, context).sample, noise)
+        target = objective_target(noise_schedule, latents, noise, timesteps)
+        loss = torch.nn.functional.mse_loss(parts.unet(noisy, timesteps, context).sample, target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()

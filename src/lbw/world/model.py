@@ -139,15 +139,26 @@ def vae_config() -> dict[str, Any]:
     }
 
 
-def scheduler_config() -> dict[str, Any]:
-    return {
+def scheduler_config(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> dict[str, Any]:
+    """SD1.5's noise schedule; with ``zero_terminal_snr`` its betas rescaled so that the last timestep keeps none of
+    the picture (Lin et al. 2023, diffusers' ``rescale_betas_zero_snr``), sampled with "trailing" timesteps so the
+    first sampling step starts there.
+
+    Example:
+        >>> scheduler_config("v_prediction", True)["timestep_spacing"]
+        'trailing'
+    """
+    config: dict[str, Any] = {
         "num_train_timesteps": 1000,
         "beta_start": 0.00085,
         "beta_end": 0.012,
         "beta_schedule": "scaled_linear",
         "steps_offset": 1,
-        "prediction_type": "epsilon",
+        "prediction_type": prediction_type,
     }
+    if zero_terminal_snr:
+        config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return config
 
 
 @dataclass
@@ -174,8 +185,9 @@ def build_untrained(seed: int, *, tags: bool = False) -> Parts:
     return Parts(tokenizer, text_encoder, unet, vae)
 
 
-def assemble_pipeline(parts: Parts) -> Any:
-    """A ``StableDiffusionPipeline`` of the parts with the sampling scheduler (DPM-Solver++)."""
+def assemble_pipeline(parts: Parts, schedule: dict[str, Any] | None = None) -> Any:
+    """A ``StableDiffusionPipeline`` of the parts with the sampling scheduler (DPM-Solver++) on ``schedule``
+    (``scheduler_config()``'s keys; default: SD1.5's epsilon schedule)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     return StableDiffusionPipeline(
@@ -183,7 +195,7 @@ def assemble_pipeline(parts: Parts) -> Any:
         text_encoder=parts.text_encoder,
         tokenizer=parts.tokenizer,
         unet=parts.unet,
-        scheduler=DPMSolverMultistepScheduler(**scheduler_config()),
+        scheduler=DPMSolverMultistepScheduler(**(schedule or scheduler_config())),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -79,6 +79,10 @@ class BaseConfig:
     # noise drawn at 1/2, 1/4, ... of the latent size, upsampled and added with weights discount**level. 0: off.
     multires_iterations: int = 0
     multires_discount: float = 0.8
+    # The objective: "epsilon" (predict the noise) or "v_prediction" (predict sqrt(ab) eps - sqrt(1-ab) x0), and
+    # whether the schedule's last timestep keeps none of the picture (``model.scheduler_config``).
+    prediction_type: str = "epsilon"
+    zero_terminal_snr: bool = False
     ema_decay: float = 0.999
     seed: int = 3
     checkpoint_every: int = 250
@@ -98,13 +102,16 @@ class RefineConfig(BaseConfig):
     learning_rate: float = 4e-4
     warmup: int = 100
     seed: int = 5
-    # Region-sized noise. Offset noise took the picture's mean colour out of the seed, but a region's colour still
-    # came from it: at the last timestep a 5x5-latent region of white noise averages to ~0.2 against 0.068 x its
-    # colour, so the model learned to read hair and dress colours from the seed (seed 0 drew black hair, seed 4
-    # dark skin, whatever the caption). Pyramid noise raises the noise of every region (~0.55), so the caption has
-    # to say it. Its coarsest level (1x1) takes the offset noise's place.
+    # Zero terminal SNR with v-prediction (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
+    # Flawed"). With SD1.5's schedule the last timestep keeps sqrt(alpha_bar_T) = 0.068 of the picture, and under
+    # the epsilon objective the loss on the picture at high noise is weighted by the SNR (~0.005 there): the model
+    # never learned to put the caption's colours on the right parts and the seed chose them (with pyramid noise,
+    # the shipped v3: a "blue dress" drew blue hair on 4 seeds of 6 whatever the hair tag). Here the first
+    # sampling step sees pure noise, and the v target there is the picture itself, weighted 1.
     noise_offset: float = 0.0
-    multires_iterations: int = 4
+    multires_iterations: int = 0
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = True
 
 
 @dataclass
@@ -247,15 +254,17 @@ def train_base(work: Path, config: BaseConfig, progress: Progress = _quiet_progr
 def _train_diffusion(
     work: Path, folder: Path, parts: model.Parts, config: BaseConfig, stage: str, progress: Progress
 ) -> Path:
-    """The epsilon-objective loop shared by ``base`` and ``refine``: resumes from ``folder``'s newest checkpoint."""
+    """The diffusion loop shared by ``base`` and ``refine`` (the config's objective and schedule): resumes from
+    ``folder``'s newest checkpoint."""
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
     folder.mkdir(parents=True, exist_ok=True)
+    _write_objective(folder, config)
     _, captions = load_data(work)
     means, stds, scaling = load_latents(work)
     text_encoder, unet, tokenizer = parts.text_encoder, parts.unet, parts.tokenizer
-    noise_schedule = DDPMScheduler(**model.scheduler_config())
+    noise_schedule = DDPMScheduler(**model.scheduler_config(config.prediction_type, config.zero_terminal_snr))
     parameters = [*text_encoder.parameters(), *unet.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = _cosine_with_warmup(optimizer, config.warmup, config.steps)
@@ -283,7 +292,7 @@ def _train_diffusion(
                            return_tensors="pt").input_ids
         context = text_encoder(tokens)[0]
         prediction = unet(noisy, timesteps, context).sample
-        loss = torch.nn.functional.mse_loss(prediction, noise)
+        loss = torch.nn.functional.mse_loss(prediction, objective_target(noise_schedule, latents, noise, timesteps))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -328,6 +337,25 @@ def _trained_parts(folder: Path, *, tags: bool) -> model.Parts:
         for index, parameter in enumerate(parameters):
             parameter.copy_(tensors[f"ema.{index}"])
     return parts
+
+
+def objective_target(
+    schedule: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet learns to predict under ``schedule``'s ``prediction_type``: the noise, or the velocity.
+
+    Example:
+        >>> from diffusers import DDPMScheduler
+        >>> x, n, t = torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.tensor([999])
+        >>> float(objective_target(DDPMScheduler(**model.scheduler_config("v_prediction", True)), x, n, t).mean())
+        -1.0
+    """
+    kind = schedule.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return schedule.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r}; expected epsilon or v_prediction")
 
 
 def training_noise(
@@ -376,12 +404,32 @@ def export_base(work: Path, dest: Path) -> Path:
     _, _, scaling = load_latents(work)
     vae.register_to_config(scaling_factor=scaling)
     parts.vae = vae
-    pipeline = model.assemble_pipeline(parts)
+    schedule = _read_objective(work / ("refine" if refined else "base"))
+    pipeline = model.assemble_pipeline(parts, model.scheduler_config(*schedule))
     pipeline.save_pretrained(str(dest), safe_serialization=True)
     return dest
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _read_objective(folder: Path) -> tuple[str, bool]:
+    """The (prediction_type, zero_terminal_snr) a diffusion stage trained with, from its ``objective.json``
+    (written when the stage starts; a folder from before that file existed trained on epsilon, SD1.5's schedule)."""
+    path = folder / "objective.json"
+    if not path.is_file():
+        return "epsilon", False
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    return str(recorded["prediction_type"]), bool(recorded["zero_terminal_snr"])
+
+
+def _write_objective(folder: Path, config: BaseConfig) -> None:
+    """Record the stage's objective; a stage resumed with another objective than it started with is refused."""
+    wanted = (config.prediction_type, config.zero_terminal_snr)
+    if checkpoint.latest_checkpoint(folder) is not None and _read_objective(folder) != wanted:
+        raise ValueError(f"{folder} was trained with {_read_objective(folder)}, not {wanted}; use another --work")
+    text = json.dumps({"prediction_type": wanted[0], "zero_terminal_snr": wanted[1]})
+    (folder / "objective.json").write_text(text + "\n", encoding="utf-8")
+
+
 def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule: Any) -> None:
     loss.backward()
     optimizer.step()
