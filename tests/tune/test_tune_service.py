@@ -273,3 +273,18 @@ def test_the_tutorial_takes_lowerings_halves_the_step_and_resumes_between_decisi
     tutorial = next(row for row in report.rows if row.name == "tutorial")
     assert tutorial.tuning.effect == 1.0 and tutorial.tuning.side < 1.0
     assert sum(1 for e in log if e.kind == "iteration") == len(report.iterations)
+
+
+def test_the_random_baseline_spends_its_budget_on_distinct_draws_and_is_reported_as_its_own_row(assets, tmp_path):
+    store = _project(tmp_path, assets)
+    engine = Counting()
+    report = run_tune(store, "Face", TuneOptions(keep_box=BOX, budget=20, strategy="random", held_out_seeds=(2,)),
+                      backend=engine)
+    assert [row.name for row in report.rows] == ["ALL", "random", "OFF"]
+    assert report.counts["random"] == 20 - 4 - 2 and report.counts.get("search", 0) == 0
+    assert len(engine.rendered) == len(set(engine.rendered)) == report.cells <= 20
+    data = json.loads(report.report.read_text(encoding="utf-8"))
+    assert data["random"]["trials"] >= 14 and data["random"]["stopped"].startswith("budget")
+    tuned = dict(zip(SD26.ids, report.values, strict=True))
+    assert all(tuned[b] in {i / 8 for i in range(9)} for b in OPEN)  # drawn on the search's grid
+    assert all(tuned[b] == 1.0 for b in SD26.ids if b not in OPEN)  # fixed blocks keep the values they had

@@ -55,7 +55,7 @@ from lbw.store import Store
 __all__ = ["DEFAULT_BUDGET", "STRATEGIES", "ScoreRow", "TuneEvent", "TuneOptions", "TuneReport",
            "default_held_out", "report_data", "run_tune"]
 
-STRATEGIES = ("tutorial", "search", "both")
+STRATEGIES = ("tutorial", "search", "both", "random")
 DEFAULT_BUDGET = 200
 HELD_OUT_COUNT = 2
 GRID_FILE = "before-after.png"
@@ -200,6 +200,8 @@ def _strategies(ctx: TuneContext, options: TuneOptions, budget: Any) -> dict[str
             budget.caps["search"] = budget.caps["available"] - tutorial
         seed = results.get("tutorial", list(ctx.start_values))
         results["search"] = list(run_search(ctx, seed)["result"])
+    if options.strategy == "random":
+        results["random"] = list(run_search(ctx, list(ctx.start_values), phase="random")["result"])
     return results
 
 
@@ -214,8 +216,8 @@ def _caps(options: TuneOptions, seeds: int) -> dict[str, int]:
     caps = {"references": references, "evaluation": evaluation, "available": available}
     if options.strategy == "tutorial":
         caps["tutorial"] = available
-    elif options.strategy == "search":
-        caps["search"] = available
+    elif options.strategy in ("search", "random"):
+        caps[options.strategy] = available
     else:
         caps["tutorial"] = available // 2
         caps["search"] = available - available // 2

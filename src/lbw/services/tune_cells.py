@@ -36,7 +36,7 @@ from lbw.services.project_types import ProjectView
 
 ALL_LABEL = "ALL"
 OFF_LABEL = "OFF"
-PHASES = ("references", "tutorial", "search", "evaluation")
+PHASES = ("references", "tutorial", "search", "random", "evaluation")
 
 
 def candidate_plan(view: ProjectView, vectors: Sequence[tuple[str, Sequence[float]]], seeds: Sequence[int]) -> Plan:

@@ -109,23 +109,27 @@ def report_data(report: TuneReport, state: Mapping[str, Any] | None = None) -> d
         "notes": list(report.notes),
     }
     if state is not None:
-        tutorial, search = state.get("tutorial") or {}, state.get("search") or {}
+        tutorial = state.get("tutorial") or {}
         if tutorial:
             data["tutorial"] = {"analysis_iteration": tutorial.get("analysis"), "finished": tutorial.get("finished"),
                                 "tries": tutorial.get("tried", {})}
-        if search:
-            data["search"] = {"trials": search.get("trials"), "best_trial": search.get("best_trial"),
-                              "stopped": search.get("stopped")}
+        for phase in ("search", "random"):
+            found = state.get(phase) or {}
+            if found:
+                data[phase] = {"trials": found.get("trials"), "best_trial": found.get("best_trial"),
+                               "stopped": found.get("stopped")}
     return data
 
 
 def notes(state: Mapping[str, Any], results: Mapping[str, Any]) -> tuple[str, ...]:
     """Why each strategy stopped, when it matters."""
     notes = []
-    tutorial, search = state.get("tutorial") or {}, state.get("search") or {}
+    tutorial = state.get("tutorial") or {}
     if "tutorial" in results and tutorial.get("stopped"):
         notes.append(f"tutorial: {tutorial['stopped']}")
-    if "search" in results and search.get("stopped"):
-        notes.append(f"search: {search.get('trials', 0)} trials, best trial {search.get('best_trial')}; stopped "
-                     f"by {search['stopped']}")
+    for phase in ("search", "random"):
+        found = state.get(phase) or {}
+        if phase in results and found.get("stopped"):
+            notes.append(f"{phase}: {found.get('trials', 0)} trials, best trial {found.get('best_trial')}; stopped "
+                         f"by {found['stopped']}")
     return tuple(notes)

@@ -1,4 +1,5 @@
-"""The ``search`` strategy of ``lbw tune``: Optuna's TPE sampler over the tunable blocks, seeded with a start.
+"""The ``search`` strategy of ``lbw tune``: Optuna's TPE sampler over the tunable blocks, seeded with a start;
+and the ``random`` strategy, the baseline a search must beat: Optuna's random sampler over the same space.
 
 Every tunable block takes a value from 0 to 1 (inside the sheet's bounds) in steps of 0.125 (the tutorial's finest
 step), except the blocks the tutorial's analyzer run found inert (their lowered cells are byte for byte the source);
@@ -13,6 +14,9 @@ Resuming needs no Optuna storage: a re-run replays the search from the start wit
 trial already rendered comes from the cell cache (costing no budget), so the replay reaches the interrupted trial
 and goes on. The search stops when the next trial does not fit the budget, or after ``STALE_TRIALS`` trials in a
 row that rendered nothing new (the sampler only proposes weights it has tried).
+
+``random`` draws every trial uniformly from the same grid (no seed trial, no model of the scores): what a search
+of the same budget finds by chance. The proof of ``docs/tune.md`` gives it five times the budget.
 
 Example:
     >>> outcome = run_search(ctx, seed=tutorial_result)
@@ -31,6 +35,7 @@ from lbw.services.tune_cells import candidate_plan
 from lbw.services.tune_context import TuneContext
 
 PHASE = "search"
+RANDOM = "random"
 GRID = 0.125
 STALE_TRIALS = 30
 MAX_TRIALS = 100_000
@@ -59,11 +64,14 @@ def snap(value: float, low: float = 0.0, high: float = 1.0) -> float:
     return min(high, max(low, round(value / GRID) * GRID))
 
 
-def run_search(ctx: TuneContext, seed: Sequence[float]) -> dict[str, Any]:
+def run_search(ctx: TuneContext, seed: Sequence[float], *, phase: str = PHASE) -> dict[str, Any]:
     """Run (or replay and continue) the search from ``seed``; returns its state with ``result`` (the weights),
-    ``score`` (on the tuning seeds), ``trials`` and why it stopped."""
-    st = ctx.state.setdefault("search", {})
-    cap = ctx.cells.budget.caps.get(PHASE, 0)
+    ``score`` (on the tuning seeds), ``trials`` and why it stopped. ``phase="random"``: the random baseline
+    (``seed`` gives only the values of the blocks it does not tune)."""
+    if phase not in (PHASE, RANDOM):
+        raise ValueError(f"unknown search phase {phase!r}")
+    st = ctx.state.setdefault(phase, {})
+    cap = ctx.cells.budget.caps.get(phase, 0)
     seed = [float(v) for v in seed]
     if st.get("finished") and st.get("cap") == cap and st.get("seed") == seed:
         return st
@@ -71,7 +79,8 @@ def run_search(ctx: TuneContext, seed: Sequence[float]) -> dict[str, Any]:
     from optuna.distributions import FloatDistribution
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=ctx.sampler_seed)
+    sampler = (optuna.samplers.TPESampler(seed=ctx.sampler_seed) if phase == PHASE
+               else optuna.samplers.RandomSampler(seed=ctx.sampler_seed))
     study = optuna.create_study(direction="minimize", sampler=sampler)
     sheet = ctx.view().sheet
     ids = sheet.layout.ids
@@ -85,7 +94,8 @@ def run_search(ctx: TuneContext, seed: Sequence[float]) -> dict[str, Any]:
                   stopped="no block changes the image")
         ctx.save()
         return st
-    study.enqueue_trial({block: snap(seed[i], low, high) for block, i in index.items()})
+    if phase == PHASE:
+        study.enqueue_trial({block: snap(seed[i], low, high) for block, i in index.items()})
     pool: list[tuple[Any, list[float]]] = []
     stale = trials = 0
     stopped = f"converged: {STALE_TRIALS} trials in a row proposed weights already rendered"
@@ -96,19 +106,19 @@ def run_search(ctx: TuneContext, seed: Sequence[float]) -> dict[str, Any]:
         for block, value in trial.params.items():
             vector[index[block]] = float(value)
         plan = candidate_plan(view, [("trial", vector)], ctx.tuning_seeds)
-        if not ctx.cells.fits(plan, PHASE):
-            stopped = f"budget: {ctx.cells.uncached(plan)} cells needed, {ctx.cells.budget.left(PHASE)} left"
+        if not ctx.cells.fits(plan, phase):
+            stopped = f"budget: {ctx.cells.uncached(plan)} cells needed, {ctx.cells.budget.left(phase)} left"
             break
-        before = ctx.cells.budget.used(PHASE)
-        paths = ctx.cells.render(plan, PHASE)
+        before = ctx.cells.budget.used(phase)
+        paths = ctx.cells.render(plan, phase)
         summary = ctx.scoring.summary({job.seed: path for job, path in paths.items()})
         study.tell(trial, search_objective(summary.score, vector, ctx.original, ctx.threshold))
         pool.append((summary, vector))
         trials += 1
         improved = ctx.consider(summary, vector)
-        stale = 0 if ctx.cells.budget.used(PHASE) > before else stale + 1
+        stale = 0 if ctx.cells.budget.used(phase) > before else stale + 1
         if improved or trials % REPORT_EVERY == 0:
-            ctx.emit(PHASE, f"trial {trials}: effect {summary.effect:.3f} side {summary.side:.3f}"
+            ctx.emit(phase, f"trial {trials}: effect {summary.effect:.3f} side {summary.side:.3f}"
                      + (" (best so far)" if improved else ""))
         if stale >= STALE_TRIALS:
             break
@@ -122,5 +132,5 @@ def run_search(ctx: TuneContext, seed: Sequence[float]) -> dict[str, Any]:
         st.update(result=list(seed), score=None, best_trial=None)
     st.update(finished=True, cap=cap, seed=seed, trials=trials, stopped=stopped)
     ctx.save()
-    ctx.emit(PHASE, f"finished after {trials} trials ({stopped})")
+    ctx.emit(phase, f"finished after {trials} trials ({stopped})")
     return st

@@ -42,6 +42,7 @@ def new_state(fingerprint: dict[str, Any], budget: int, *, run: int) -> dict[str
         "iterations": [],
         "tutorial": {},
         "search": {},
+        "random": {},
         "applied": None,
     }
 

@@ -70,7 +70,8 @@ def print_report(report: TuneReport) -> None:
     for line in score_table(report):
         print(line)
     parts = ", ".join(f"{phase} {counts.get(phase, 0)}" for phase in ("references", "tutorial", "search",
-                                                                      "evaluation"))
+                                                                      "random", "evaluation")
+                      if phase != "random" or counts.get(phase))
     print(f"cells: {report.cells} rendered, budget {report.budget} ({parts}; cached cells are free)")
     if report.iterations:
         numbers = ", ".join(str(n) for n in report.iterations)
@@ -91,7 +92,7 @@ def register(app: typer.Typer) -> None:
         keep_box: str | None = typer.Option(None, "--keep-box", help="Region whose look the LoRA is for, "
                                             "x0,y0,x1,y1 in fractions or pixels (default: the project's region)."),
         budget: int = typer.Option(200, "--budget", help="Cells to render at most (cached cells are free)."),
-        strategy: str = typer.Option("both", "--strategy", help="tutorial, search or both."),
+        strategy: str = typer.Option("both", "--strategy", help="tutorial, search, both, or random (a baseline)."),
         threshold: float = typer.Option(0.9, "--threshold", help="Least effect kept (0..1)."),
         seeds: str | None = typer.Option(None, "--seeds", help="Tuning seeds (default: the project's)."),
         held_out_seeds: str | None = typer.Option(None, "--held-out-seeds", help="Seeds never tuned on, only "
