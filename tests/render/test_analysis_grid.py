@@ -68,6 +68,9 @@ def test_region_numbers():
         Box.parse("1,2,3", 10, 10)
     with pytest.raises(RenderError, match="is empty"):
         Box.parse("5,5,5,9", 10, 10)
+    for text in ("nan,0,1,1", "0,inf,1,1", "0,0,1e400,1"):  # not a crash in round()
+        with pytest.raises(RenderError, match="four finite numbers"):
+            Box.parse(text, 10, 10)
 
 
 def test_diff_image_and_heatmap():
@@ -122,3 +125,15 @@ def test_labels_are_readable_at_512_px_cells():
     label = np.argwhere(ink[top:top + 512, :left])
     assert label[:, 0].max() - label[:, 0].min() >= 45  # two lines of row label
     assert left - label[:, 1].max() >= 12  # the row label does not touch the cells
+
+
+def test_a_title_longer_than_a_narrow_grid_wraps_and_is_never_cut():
+    cell = Image.new("RGB", (64, 64), (120, 160, 200))
+    title = "auto: ALL vs tuned vs LoRA off (keep box 21,13,43,38) " + "x" * 60  # one word longer than any line
+    plain = np.asarray(compose_grid([[cell], [cell]], ["ALL", "OFF"], ["seed 1"]))
+    grid = np.asarray(compose_grid([[cell], [cell]], ["ALL", "OFF"], ["seed 1"], title=title))
+    ink = (grid.sum(axis=2) < 3 * 128)
+    band = ink[: grid.shape[0] - plain.shape[0]]  # the title's lines, above the labelled cells
+    assert grid.shape[0] - plain.shape[0] > 3 * 10  # three lines (the long word alone on the last)
+    assert band.any() and not band[:, -2:].any()  # the canvas is wide enough for the longest line
+    assert grid.shape[1] > plain.shape[1]

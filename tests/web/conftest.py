@@ -141,12 +141,16 @@ def page_factory(browser):
 
 @pytest.fixture(scope="session")
 def shoot():
-    """``shoot(page, name)``: a full-page screenshot under the screenshot folder; returns its path."""
+    """``shoot(page, name)``: a full-page screenshot under the screenshot folder (``element=``: of that locator
+    only); returns its path."""
 
-    def take(page, name: str) -> Path:
+    def take(page, name: str, element=None) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
+        if element is not None:
+            element.screenshot(path=str(path))
+        else:
+            page.screenshot(path=str(path), full_page=True)
         return path
 
     return take

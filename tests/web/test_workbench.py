@@ -340,3 +340,149 @@ def _cancel_an_analysis(demo_server, page_factory):
     tab(page, "Analyze")
     assert "▶" in page.locator("#lbw-analyze-progress").inner_text(), "the render ended before the cancel"
     act(page, lambda: page.locator("#lbw-analyze-cancel").click(), "Cancelled", redraw=False)
+
+
+# ------------------------------------------------------------------------------------------------ Auto (lbw tune)
+
+
+def _auto_project(store, name: str) -> None:
+    """A project of its own (the demo's sheet may be finished by the tutorial test), the face region, one seed no
+    other test renders (so the tune's cells are not in the workspace cache: the cancel comes mid-run)."""
+    settings = get_project(store, "demo").settings
+    create_project(store, name, settings.with_changes({"seeds": [21]}))
+
+
+def _auto_form(page, *, box: str = "", budget: str = "40", held_out: str = "-") -> None:
+    page.locator("#lbw-auto-box textarea, #lbw-auto-box input").first.fill(box)
+    page.locator("#lbw-auto-budget input").fill(budget)
+    page.locator("#lbw-auto-strategy").get_by_text("Tutorial's loop", exact=True).click()
+    page.locator("#lbw-auto-held-out textarea, #lbw-auto-held-out input").first.fill(held_out)
+
+
+def _run_auto(page, until: str, *, cancel_at: int | None = None, timeout: float = 300,
+              shot=None) -> list[tuple[str, str, str]]:
+    """Press Auto and poll until the message line says ``until`` (and the page redrew); returns the (progress line,
+    sheet status, Auto summary) seen while the tune ran. ``cancel_at``: press Cancel once the progress passes that many
+    cells; ``shot``: called once with the page when the best candidate so far first shows."""
+    line, progress = page.locator("#lbw-message"), page.locator("#lbw-auto-progress")
+    status, summary = page.locator("#lbw-sheet-status"), page.locator("#lbw-auto-summary")
+    before, drawn = line.inner_text(), tick(page)
+    page.locator("#lbw-auto").click()
+    seen: list[tuple[str, str, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = line.inner_text()
+        if now != before and not PENDING.match(now) and (until in now or "⚠" in now):
+            assert until in now, now
+            while tick(page) == drawn and time.monotonic() < deadline:
+                page.wait_for_timeout(100)
+            return seen
+        shown = progress.inner_text()
+        if shown.startswith("▶"):
+            seen.append((shown, status.inner_text(), summary.inner_text()))
+            if shot is not None and "best so far" in shown:
+                shot(page)
+                shot = None
+            cells = re.search(r"(\d+)/\d+ cells", shown)
+            if cancel_at is not None and cells and int(cells.group(1)) >= cancel_at:
+                page.locator("#lbw-auto-cancel").click()
+                cancel_at = None
+        page.wait_for_timeout(150)
+    raise AssertionError(f"no message with {until!r} within {timeout} s (still {line.inner_text()!r})")
+
+
+def test_auto_tunes_live_cancels_continues_and_history_takes_any_round(demo_server, page_factory, shoot):
+    from lbw.services.tune_live import last_tune, score_rows
+
+    store = store_of(demo_server)
+    _auto_project(store, "auto")
+    page = page_factory("en")
+    open_project(page, demo_server, "auto")
+    tab(page, "Sheet")
+    expect(page.locator("#lbw-auto-summary")).to_contain_text("No tune yet")
+    _auto_form(page)
+
+    # 1. Auto, cancelled during the analyzer: the page redrew from the store while it ran (the references were
+    # recorded), the state is kept, the page says how to continue
+    seen = _run_auto(page, "Cancelled; what the tune did is kept", cancel_at=6)
+    assert any(re.search(r"references \(ALL, LoRA off\): \d+/40 cells, \d+ s elapsed", shown) for shown, *_ in seen)
+    assert any("Unfinished tune: 2 of 40 cells" in summary for *_, summary in seen), seen
+    stopped = last_tune(store, "auto")
+    assert stopped is not None and not stopped.finished and stopped.cells >= 6
+    expect(page.locator("#lbw-auto-summary")).to_contain_text(f"Unfinished tune: {stopped.cells} of 40 cells")
+
+    # 2. Auto again continues it (the best candidate so far shows); the sheet follows each recorded round
+    seen = _run_auto(page, "Tuned: Tutorial's loop won",
+                     shot=lambda p: shoot(p, "en-7-auto-running", element=p.locator("#lbw-auto-section")))
+    assert any("best so far: effect kept" in shown for shown, *_ in seen), seen
+    expect(page.locator("#lbw-sheet-status")).to_contain_text("All blocks fixed")
+    done = last_tune(store, "auto")
+    assert done is not None and done.finished and done.report is not None and done.cells <= 40
+    report = done.report
+    assert done.cells > stopped.cells
+
+    # 3. the score table, the summary and the grid; the sheet holds the report's weights
+    table = page.locator("#lbw-auto-table")
+    for name, *numbers in score_rows(report):
+        shown = {"ALL": "ALL (the whole LoRA)", "tutorial": "Tutorial's loop", "OFF": "LoRA off"}[name]
+        expect(table).to_contain_text(shown)
+        expect(table).to_contain_text(numbers[0])
+    summary = page.locator("#lbw-auto-summary")
+    expect(summary).to_contain_text(report["weights"])
+    expect(summary).to_contain_text(f"{done.cells} of 40 cells rendered")
+    expect(page.locator("#lbw-auto-grid img")).to_be_visible()
+    assert get_project(store, "auto").sheet.weight_line() == report["weights"]
+    expect(page.locator("#lbw-weight textarea")).to_have_value(report["weights"])
+    expect(page.locator("#lbw-auto-progress")).to_contain_text("cells rendered in")
+    shoot(page, "en-7-auto")
+    shoot(page, "en-7-auto-section", element=page.locator("#lbw-auto-section"))
+
+    # 4. History lists every round; going back to one of them makes its sheet the current one (a click)
+    iterations = list_iterations(store, "auto")
+    assert [it.number for it in iterations] == list(range(1, len(iterations) + 1))
+    assert set(report["iterations"]) <= {it.number for it in iterations} and len(iterations) >= 2
+    assert iterations[0].kind == "eba" and {it.kind for it in iterations[1:]} == {"sub"}
+    tab(page, "History")
+    expect(page.locator("#lbw-history-table")).to_contain_text("EBA")
+    round_one = iterations[1].number
+    page.locator("#lbw-history-pick input").click()
+    expect(page.get_by_role("option")).to_have_count(len(iterations))
+    page.get_by_role("option", name=f"#{round_one} Sub", exact=True).click()
+    expect(page.locator("#lbw-history-details")).to_contain_text("(auto")
+    act(page, lambda: page.locator("#lbw-go-back").click(), f"Back to the sheet of iteration {round_one}")
+    before = get_iteration(store, "auto", round_one).sheet_before
+    assert get_project(store, "auto").sheet.values == before.values
+    tab(page, "Sheet")
+    expect(page.locator("#lbw-weight textarea")).to_have_value(before.weight_line())
+
+    # 5. the same section in Japanese
+    ja = page_factory("ja")
+    open_project(ja, demo_server, "auto", "ja")
+    tab(ja, "シート")
+    expect(ja.locator("#lbw-auto-summary")).to_contain_text("前回の自動調整")
+    expect(ja.locator("#lbw-auto-table")).to_contain_text("チュートリアルの手順")
+    shoot(ja, "ja-7-auto")
+    shoot(ja, "ja-7-auto-section", element=ja.locator("#lbw-auto-section"))
+
+
+def test_auto_mistakes_are_one_readable_line(demo_server, page_factory):
+    store = store_of(demo_server)
+    _auto_project(store, "auto-errors")
+    before = get_project(store, "auto-errors")
+    page = page_factory("en")
+    open_project(page, demo_server, "auto-errors")
+    tab(page, "Sheet")
+    for fields, needle in (
+        ({"box": "0,0,1"}, "keep box '0,0,1': expected four numbers x0,y0,x1,y1, found 3"),
+        ({"box": "nan,0,1,1"}, "expected four finite numbers"),
+        ({"box": "0,0,1,1"}, "covers the whole"),
+        ({"budget": "2.5"}, "the budget: 2.5 is not a whole number of cells"),
+        ({"held_out": "7, x"}, "held-out seeds: seed 'x' is not a whole number"),
+        ({"budget": "3"}, "--budget 3 is too small"),  # checked by the tune itself, in the job
+    ):
+        _auto_form(page, **fields)
+        message = act(page, lambda: page.locator("#lbw-auto").click(), needle, redraw=False)
+        assert message.startswith("⚠ Error: ") and "Traceback" not in message and "\n" not in message.strip()
+    after = get_project(store, "auto-errors")
+    assert (after.settings, after.sheet, after.version) == (before.settings, before.sheet, before.version)
+    assert list_iterations(store, "auto-errors") == []

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ class Box:
             raise RenderError(f"region {text!r}: expected four numbers x0,y0,x1,y1") from None
         if len(numbers) != 4:
             raise RenderError(f"region {text!r}: expected four numbers x0,y0,x1,y1, found {len(numbers)}")
+        if not all(math.isfinite(n) for n in numbers):
+            raise RenderError(f"region {text!r}: expected four finite numbers x0,y0,x1,y1")
         if all(0 <= n <= 1 for n in numbers):
             numbers = [numbers[0] * width, numbers[1] * height, numbers[2] * width, numbers[3] * height]
         left, top, right, bottom = (round(n) for n in numbers)

@@ -66,8 +66,11 @@ def compose_grid(
     column_texts = [_wrap(label, font, cell_w) for label in column_labels]
     left = max(_text_width(text, font) for text in row_texts) + gap + pad
     top = max(len(text.splitlines()) for text in column_texts) * line_h + gap + pad
-    title_h = (len(title.splitlines()) * line_h + gap) if title else 0
     width = left + columns * (cell_w + gap) + gap
+    if title:  # wrapped to the grid (at least 240 px), and the grid widened for a word longer than that
+        title = _wrap(title, font, max(width - 2 * gap, 240))
+        width = max(width, _text_width(title, font) + 2 * gap)
+    title_h = (len(title.splitlines()) * line_h + gap) if title else 0
     height = title_h + top + rows * (cell_h + gap) + gap
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)

@@ -70,6 +70,7 @@ class Job:
         self.done: float = 0.0
         self.total = 0
         self.note = ""
+        self.detail: Any = None  # what the work publishes beyond done/total (the tune's TuneWatch) for its page
         self.started: float | None = None
         self.finished_at: float | None = None
         self._queue = queue

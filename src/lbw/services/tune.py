@@ -49,7 +49,15 @@ from lbw.render.scorers import DEFAULT_SCORER
 from lbw.services.project_types import ProjectView
 from lbw.services.tune_context import TuneContext, TuneEvent, TuneProgress
 from lbw.services.tune_report import ScoreRow, TuneReport, notes, report_data, write_grid
-from lbw.services.tune_state import describe_fingerprint, load_state, new_state, next_run, run_folder, save_state
+from lbw.services.tune_state import (
+    describe_fingerprint,
+    load_state,
+    new_state,
+    next_run,
+    run_folder,
+    save_state,
+    tune_folder,
+)
 from lbw.store import Store
 
 __all__ = ["DEFAULT_BUDGET", "STRATEGIES", "ScoreRow", "TuneEvent", "TuneOptions", "TuneReport",
@@ -141,7 +149,7 @@ def run_tune(
     fingerprint = {"strategy": options.strategy, "threshold": options.threshold, "seeds": list(tuning),
                    "held_out": list(held_out), "keep_box": box_text, "scorer": options.scorer,
                    "sampler_seed": options.sampler_seed, "settings": _settings_digest(view)}
-    folder = store.workspace / "projects" / str(view.id) / "tune"
+    folder = tune_folder(store.workspace, view.id)
     state = None if options.restart else load_state(folder)
     if state is not None and state.get("fingerprint") != fingerprint:
         if state.get("status") != "done":

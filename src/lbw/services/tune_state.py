@@ -89,6 +89,11 @@ def next_run(folder: Path) -> int:
     return max(numbers, default=0) + 1
 
 
+def tune_folder(workspace: Path, project_id: int) -> Path:
+    """The folder of a project's tune (its state file and run folders): ``<workspace>/projects/<id>/tune``."""
+    return Path(workspace) / "projects" / str(int(project_id)) / "tune"
+
+
 def run_folder(folder: Path, run: int) -> Path:
     """Where run ``run`` writes its grid and report."""
     return folder / f"run-{run:04d}"

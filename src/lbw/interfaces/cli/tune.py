@@ -20,7 +20,6 @@ from lbw.errors import ProjectError
 from lbw.interfaces.cli.safe import Interrupted, markup, shown
 
 if TYPE_CHECKING:
-    from lbw.domain.tune_rule import ScoreSummary
     from lbw.services.tune import TuneReport
     from lbw.services.tune_context import TuneEvent
 
@@ -35,28 +34,18 @@ def _seed_list(text: str | None, option: str) -> tuple[int, ...] | None:
         raise ProjectError(f"{option} {text!r}: expected integers separated by commas") from None
 
 
-def _number(summary: ScoreSummary | None) -> str:
-    if summary is None:
-        return "-"
-    return f"{summary.effect:.3f}" if summary.n < 2 else f"{summary.effect:.3f}±{summary.effect_sd:.3f}"
-
-
-def _side(summary: ScoreSummary | None) -> str:
-    if summary is None:
-        return "-"
-    return f"{summary.side:.3f}" if summary.n < 2 else f"{summary.side:.3f}±{summary.side_sd:.3f}"
-
-
 def score_table(report: TuneReport) -> list[str]:
     """The score table as lines: one row per ALL, strategy result and LoRA off."""
+    from lbw.services.tune_live import score_rows
+    from lbw.services.tune_report import report_data
+
     names = {"OFF": "LoRA off"}
     header = ("", "effect kept", "", "side effect left", "")
     sub = ("", f"tuning ({len(report.tuning_seeds)})", f"held-out ({len(report.held_out_seeds)})",
            f"tuning ({len(report.tuning_seeds)})", f"held-out ({len(report.held_out_seeds)})")
     rows = [header, sub]
-    for row in report.rows:
-        rows.append((names.get(row.name, row.name), _number(row.tuning), _number(row.held_out), _side(row.tuning),
-                     _side(row.held_out)))
+    for name, *numbers in score_rows(report_data(report)):
+        rows.append((names.get(name, name), *numbers))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
 

@@ -138,6 +138,81 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "mode.add": ("Add", "Add (加算)"),
     "mode.subadd": ("SubAdd", "SubAdd (減算と加算)"),
     "mode.addsub": ("AddSub", "AddSub (加算と減算)"),
+    # the Sheet tab's Auto section (lbw tune)
+    "tune.title": ("Auto: tune the weights unattended (lbw tune)", "自動調整: 重みを自動で調整 (lbw tune)"),
+    "tune.intro": (
+        "Keeps the LoRA's look inside the keep region and removes its side effects outside it, lowering as little "
+        "of the LoRA as needed. Every round is an iteration on the History tab and every decision says why: go "
+        "back to any iteration there and continue by hand. Cancel keeps what was done; Auto with the same options "
+        "continues.",
+        "残す領域の中では LoRA の効果を保ち、領域の外の副作用を取り除きます。LoRA を下げるのは必要な分だけです。"
+        "各ラウンドは「履歴」タブのイテレーションになり、各決定には理由が記録されます。履歴から好きな"
+        "イテレーションに戻して手作業で続けられます。中止しても結果は残り、同じ設定で「自動調整」を押すと"
+        "続きから再開します。",
+    ),
+    "tune.keep_box": (
+        "Keep region x0,y0,x1,y1 (fractions or pixels; empty: the project's region)",
+        "残す領域 x0,y0,x1,y1 (割合またはピクセル。空欄: プロジェクトの注目領域)",
+    ),
+    "tune.budget": ("Budget (cells to render at most)", "予算 (生成するセル数の上限)"),
+    "tune.threshold": ("Least effect kept (0 to 1)", "残す効果の下限 (0〜1)"),
+    "tune.strategy": ("Strategy", "方式"),
+    "tune.held_out": (
+        "Held-out seeds, never tuned on (empty: the two after the largest seed; - for none)",
+        "検証用シード (調整には使いません。空欄: 最大のシードの次の 2 つ、- でなし)",
+    ),
+    "tune.restart": ("Start a new tune (do not continue the last one)", "新しく調整を始める (前回の続きにしない)"),
+    "tune.run": ("Auto", "自動調整"),
+    "tune.row.tutorial": ("Tutorial's loop", "チュートリアルの手順"),
+    "tune.row.search": ("Search (TPE)", "探索 (TPE)"),
+    "tune.row.both": ("Both", "両方"),
+    "tune.row.ALL": ("ALL (the whole LoRA)", "ALL (LoRA そのまま)"),
+    "tune.row.OFF": ("LoRA off", "LoRA なし"),
+    "tune.phase.start": ("starting", "開始中"),
+    "tune.phase.references": ("references (ALL, LoRA off)", "基準 (ALL と LoRA なし)"),
+    "tune.phase.tutorial": ("tutorial's loop", "チュートリアルの手順"),
+    "tune.phase.search": ("search", "探索"),
+    "tune.phase.evaluation": ("evaluation", "評価"),
+    "tune.progress": (
+        "{phase}: {cells}/{budget} cells, {elapsed} s elapsed, at most about {eta} s left",
+        "{phase}: {cells}/{budget} セル、経過 {elapsed} 秒、残り最大約 {eta} 秒",
+    ),
+    "tune.best": ("best so far: effect kept {effect}, side effect left {side}",
+                  "現時点の最良: 残った効果 {effect}、残った副作用 {side}"),
+    "tune.done_in": ("{cells} cells rendered in {elapsed} s", "{cells} セルを {elapsed} 秒で生成"),
+    "tune.table": ("Scores (ALL = 1, LoRA off = 0)", "スコア (ALL = 1、LoRA なし = 0)"),
+    "tune.col.name": ("Weights", "重み"),
+    "tune.col.effect_tuning": ("Effect kept, tuning seeds", "残った効果 (調整用シード)"),
+    "tune.col.effect_held": ("Effect kept, held-out seeds", "残った効果 (検証用シード)"),
+    "tune.col.side_tuning": ("Side effect left, tuning seeds", "残った副作用 (調整用シード)"),
+    "tune.col.side_held": ("Side effect left, held-out seeds", "残った副作用 (検証用シード)"),
+    "tune.grid": (
+        "Before and after: ALL, each result and LoRA off at every seed, the keep region outlined",
+        "比較: ALL、各結果、LoRA なしを各シードで表示 (残す領域を枠で表示)",
+    ),
+    "tune.none": ("No tune yet.", "自動調整はまだ実行していません。"),
+    "tune.unfinished": (
+        "Unfinished tune: {cells} of {budget} cells so far. Auto with the same options continues it.",
+        "未完了の調整: {budget} セル中 {cells} セルまで。同じ設定で「自動調整」を押すと続きから再開します。",
+    ),
+    "tune.summary": (
+        "Last tune: {winner} won; its weights are the sheet now (every tuned block fixed). {cells} of {budget} "
+        "cells rendered; iterations {iterations}.",
+        "前回の自動調整: {winner}の結果を採用し、シートに反映しました (調整した層はすべて固定)。"
+        "{budget} セル中 {cells} セルを生成、イテレーション {iterations}。",
+    ),
+    "tune.goal": (
+        "Goal: least side effect with effect kept ≥ {threshold} · keep region {box} · tuning seeds {tuning} · "
+        "held-out seeds {held}",
+        "目標: 残った効果 ≥ {threshold} のうち副作用が最小 · 残す領域 {box} · 調整用シード {tuning} · "
+        "検証用シード {held}",
+    ),
+    "tune.finished": ("Tuned: {winner} won; the sheet holds its weights.",
+                      "調整しました: {winner}の結果をシートに反映しました。"),
+    "tune.cancelled": (
+        "Cancelled; what the tune did is kept. Auto with the same options continues it.",
+        "中止しました。ここまでの調整は保存されています。同じ設定で「自動調整」を押すと続きから再開します。",
+    ),
     # plot tab
     "plot.render": ("Render the {mode} grid", "{mode} グリッドを生成"),
     "plot.render_next": ("Render next", "次を生成"),

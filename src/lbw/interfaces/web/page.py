@@ -166,11 +166,20 @@ class Page:
         progress: gr.Markdown,
         job_state: gr.State,
         extra_outputs: Sequence[Any] = (),
+        *,
+        line: Callable[[Job], str | None] | None = None,
+        changes: Callable[[Job], object] | None = None,
+        cancelled: str | None = None,
+        settle: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> Any:
         """Wire a long action: ``start(*inputs)`` -> (device, label, work); the work runs in the job queue while
         this polls it and shows progress and ETA; ``finish(result, session)`` -> (message, new session, *extra).
 
         ``inputs[0]`` must be the session. Outputs: message, progress line, job id, session, ``extra_outputs``.
+        A work that records as it goes (the tune: an iteration per round) passes ``line(job)``, its own progress
+        line (None: the usual one), and ``changes(job)``, a value that moves when the page should redraw from the
+        store while the work runs; ``cancelled`` is the message after a cancel (default: nothing was recorded)
+        and ``settle(session)`` the session after a cancel or a failure (default: a full redraw).
         """
         skips = [gr.skip()] * len(extra_outputs)
 
@@ -182,25 +191,35 @@ class Page:
                 yield self.error_text(error), "", None, gr.skip(), *skips
                 return
             job = self.ctx.queue.submit(device, work, label=label)
+            seen = changes(job) if changes is not None else None
             while True:
                 snap = job.snapshot()
                 if snap.finished:
                     break
-                yield gr.skip(), self.progress_line(snap), job.id, gr.skip(), *skips
+                shown = (line(job) if line is not None and snap.state != "queued" else None) or \
+                    self.progress_line(snap)
+                now = changes(job) if changes is not None else None
+                if now != seen:  # the work recorded something: every tab redraws from the store
+                    seen, session = now, self.bumped(session)
+                    yield gr.skip(), shown, job.id, session, *skips
+                else:
+                    yield gr.skip(), shown, job.id, gr.skip(), *skips
                 job.wait(POLL_S)
             snap = job.snapshot()
+            after_stop = settle or self.bumped
             if job.state == DONE:
                 try:
                     message, new_session, *extra = finish(job.result, session)
                 except LbwError as error:
-                    yield self.error_text(error), "", None, self.bumped(session), *skips
+                    yield self.error_text(error), "", None, after_stop(session), *skips
                     return
-                yield message, self.progress_line(snap), None, new_session, *extra
+                shown = (line(job) if line is not None else None) or self.progress_line(snap)
+                yield message, shown, None, new_session, *extra
             elif job.state == CANCELLED:
-                yield "■ " + self.t("msg.cancelled"), "", None, self.bumped(session), *skips
+                yield "■ " + (cancelled or self.t("msg.cancelled")), "", None, after_stop(session), *skips
             else:
                 message = "⚠ " + self.t("msg.error", message=printable(job.error or "?"))
-                yield message, "", None, self.bumped(session), *skips
+                yield message, "", None, after_stop(session), *skips
 
         return event(run, inputs=list(inputs),
                      outputs=[self.message, progress, job_state, self.session, *extra_outputs],

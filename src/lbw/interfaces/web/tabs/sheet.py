@@ -1,5 +1,6 @@
 """The Sheet tab: the Plot Helper itself. One row per block (ID, weight, Fix, ‖ΔW‖ share, analyzer Diff %, a hint
-row beside it), name, step, bounds and mode, and every output of the original sheet with a copy button."""
+row beside it), name, step, bounds and mode, the Auto section (``tabs.auto``: ``lbw tune`` as a job), and every
+output of the original sheet with a copy button."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from lbw.domain.sheet import LIST_KINDS
+from lbw.interfaces.web.tabs import auto
 
 MAX_SHEET_BYTES = 256 * 1024
 
@@ -35,6 +37,7 @@ def build(page: Any) -> None:
             datatype=["str", "number", "bool", "number", "number", "str"], type="array", interactive=True,
             static_columns=[0, 3, 4, 5], label=t("sheet.table"), max_height=900, elem_id="lbw-sheet-table")
         apply_btn = gr.Button(t("sheet.apply"), variant="primary", elem_id="lbw-sheet-apply")
+        auto.build(page)  # the Auto section: lbw tune as a job
         with gr.Accordion(t("sheet.outputs"), open=True):
             weight = gr.Textbox(label=t("sheet.weight"), buttons=["copy"], interactive=False, elem_id="lbw-weight")
             with gr.Row():
