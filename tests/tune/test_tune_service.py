@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,9 @@ def _project(tmp_path: Path, assets, name: str = "Face", **changes):
     return store
 
 
-OPTIONS = TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,))
+# The tutorial's analyzer at LBW's 20 levels (the default is 5 for 64-px renders): the tiny model's noise images
+# then give the classes these tests were written for.
+OPTIONS = TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,), analyzer_threshold=20)
 
 
 def test_a_tune_stays_within_its_budget_and_records_every_decision_with_why(assets, tmp_path):
@@ -169,8 +172,25 @@ def test_refusals(assets, tmp_path):
         run_tune(store, "Face", TuneOptions(keep_box="0,0,1,1"))
     with pytest.raises(ProjectError, match="unknown scorer 'clip'"):
         run_tune(store, "Face", TuneOptions(keep_box=BOX, scorer="clip"))
+    with pytest.raises(ProjectError, match="the analyzer threshold must be an integer from 0 to 255"):
+        run_tune(store, "Face", TuneOptions(keep_box=BOX, analyzer_threshold=256))
     assert not (store.workspace / "projects" / "1" / "tune").exists()     # refused before anything was written
     assert default_held_out((1, 2)) == (3, 4) and default_held_out((2**32 - 1,)) == (0, 1)
+
+
+def test_the_tutorials_analyzer_threshold_defaults_to_the_projects(assets, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(*_):
+        raise Stop
+
+    for size, expected in ((64, 5), (160, 20)):
+        store = _project(tmp_path / str(size), assets, width=size, height=size)
+        with pytest.raises(Stop):  # the state is written before the first cell
+            run_tune(store, "Face", TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,)), on_cell=stop)
+        state = json.loads((store.workspace / "projects" / "1" / "tune" / "state.json").read_text())
+        assert state["fingerprint"]["analyzer_threshold"] == expected
 
 
 def test_an_unfinished_tune_is_continued_only_with_its_options(assets, tmp_path):
@@ -185,17 +205,14 @@ def test_an_unfinished_tune_is_continued_only_with_its_options(assets, tmp_path)
         run_tune(store, "Face", OPTIONS, backend=backend, on_cell=stop)
     with pytest.raises(ProjectError, match=r"unfinished tune with other options or settings .*threshold 0\.9.*; run "
                                            r"it with those to continue it, or pass --restart"):
-        run_tune(store, "Face", TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,), threshold=0.8),
-                 backend=backend)
+        run_tune(store, "Face", replace(OPTIONS, threshold=0.8), backend=backend)
     with pytest.raises(Stop):
-        run_tune(store, "Face", TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,), threshold=0.8,
-                                            restart=True), backend=backend, on_cell=stop)
+        run_tune(store, "Face", replace(OPTIONS, threshold=0.8, restart=True), backend=backend, on_cell=stop)
     state = json.loads((store.workspace / "projects" / "1" / "tune" / "state.json").read_text())
     assert state["run"] == 2 and state["fingerprint"]["threshold"] == 0.8
 
 
 def test_the_search_stays_inside_the_sheets_bounds(assets, tmp_path):
-    from dataclasses import replace
 
     from lbw.services.projects import replace_sheet
 
@@ -240,7 +257,8 @@ def lenient(tmp_path, monkeypatch):
 
 
 def test_the_tutorial_takes_lowerings_halves_the_step_and_resumes_between_decisions(assets, tmp_path, lenient):
-    options = TuneOptions(keep_box=BOX, budget=200, strategy="tutorial", held_out_seeds=(2,), scorer=lenient)
+    options = TuneOptions(keep_box=BOX, budget=200, strategy="tutorial", held_out_seeds=(2,), scorer=lenient,
+                          analyzer_threshold=20)
     whole = Counting()
     expected = run_tune(_project(tmp_path / "a", assets), "Face", options, backend=whole)
     store = _project(tmp_path / "b", assets)

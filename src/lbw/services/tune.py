@@ -74,7 +74,8 @@ REPORT_FILE = "report.json"
 class TuneOptions:
     """How to tune. ``keep_box``: ``x0,y0,x1,y1`` (pixels, or fractions when all <= 1; default the project's
     region); ``seeds``: the tuning seeds (default the project's); ``held_out_seeds``: seeds never tuned on
-    (default the two after the largest tuning seed; ``()`` for none)."""
+    (default the two after the largest tuning seed; ``()`` for none); ``analyzer_threshold``: the pixel threshold
+    of the tutorial's analyzer run (default ``analysis_threshold``: 20 levels, 5 for renders of at most 128 px)."""
 
     keep_box: str | None = None
     budget: int = DEFAULT_BUDGET
@@ -84,6 +85,7 @@ class TuneOptions:
     held_out_seeds: tuple[int, ...] | None = None
     scorer: str = DEFAULT_SCORER
     sampler_seed: int = 0
+    analyzer_threshold: int | None = None
     restart: bool = False
     allow_empty_prompt: bool = False
 
@@ -126,7 +128,7 @@ def run_tune(
     from lbw.render.analysis import Box
     from lbw.render.scorers import load_scorer
     from lbw.render.scores import keep_mask
-    from lbw.services.project_render import make_project_backend
+    from lbw.services.project_render import analysis_threshold, make_project_backend
     from lbw.services.projects import check_prompt, get_project
     from lbw.services.tune_cells import Budget, Cells, Scoring, ones_sheet
 
@@ -145,10 +147,14 @@ def run_tune(
     width, height = view.settings.width, view.settings.height
     keep = _user_error(lambda: keep_mask(box, width, height))
     box_text = Box.parse(box, width, height).as_text()
+    pixels = options.analyzer_threshold
+    if pixels is None:
+        pixels = analysis_threshold(view.settings)
     scorer = _user_error(lambda: load_scorer(options.scorer))
     fingerprint = {"strategy": options.strategy, "threshold": options.threshold, "seeds": list(tuning),
                    "held_out": list(held_out), "keep_box": box_text, "scorer": options.scorer,
-                   "sampler_seed": options.sampler_seed, "settings": _settings_digest(view)}
+                   "sampler_seed": options.sampler_seed, "settings": _settings_digest(view),
+                   "analyzer_threshold": pixels}
     folder = tune_folder(store.workspace, view.id)
     state = None if options.restart else load_state(folder)
     if state is not None and state.get("fingerprint") != fingerprint:
@@ -181,7 +187,8 @@ def run_tune(
         scoring = Scoring(scorer, keep, references)
         ctx = TuneContext(store, name, folder, state, cells, scoring, engine, options.threshold, tuning,
                           tuple(state["start"]["tunable"]), tuple(state["start"]["values"]), ones_sheet(view.sheet),
-                          options.sampler_seed, options.allow_empty_prompt, cancel, progress)
+                          options.sampler_seed, options.allow_empty_prompt, cancel, progress,
+                          analyzer_threshold=pixels)
         ctx.emit("references", f"ALL and LoRA off at {len(tuning) + len(held_out)} seeds")
         results = _strategies(ctx, options, budget)
         report = _finish(ctx, options, results, references, tuning, held_out, box_text, out)
@@ -348,6 +355,9 @@ def _check_options(options: TuneOptions) -> None:
     threshold = options.threshold
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 < threshold <= 1.0:
         raise ProjectError(f"the threshold must be a number above 0 and at most 1, got {threshold!r}")
+    pixels = options.analyzer_threshold
+    if pixels is not None and (isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 <= pixels <= 255):
+        raise ProjectError(f"the analyzer threshold must be an integer from 0 to 255 (levels), got {pixels!r}")
     seed = options.sampler_seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ProjectError(f"the sampler seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")

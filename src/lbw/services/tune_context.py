@@ -59,6 +59,7 @@ class TuneContext:
     cancel: threading.Event | None = None
     progress: TuneProgress | None = None
     best: tuple[ScoreSummary, tuple[float, ...]] | None = field(default=None)
+    analyzer_threshold: int = 20  # the tutorial analyzer's pixel threshold (levels of 255)
 
     def view(self) -> ProjectView:
         """The project as it is now."""

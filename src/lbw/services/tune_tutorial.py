@@ -43,7 +43,11 @@ from lbw.services.project_render import analysis_plan, project_plan
 from lbw.services.tune_context import TuneContext
 
 PHASE = "tutorial"
-ANALYZER = {"probe": 0.5, "base": 1.0, "threshold": 20}
+# The analyzer as the tutorial runs it: each block lowered to 0.5 from 1; the pixel threshold is the tune's
+# (``TuneOptions.analyzer_threshold``, by default ``analysis_threshold``: 20 levels, 5 for renders of at most 128
+# px). With 20 on the world's flat 64-px pictures every block measured under 1% Diff, all were classed unneeded,
+# the start sheet was all zeros and the face was lost.
+ANALYZER = {"probe": 0.5, "base": 1.0}
 
 
 def run_tutorial(ctx: TuneContext) -> dict[str, Any]:
@@ -88,15 +92,16 @@ def _classify(ctx: TuneContext, st: dict[str, Any]) -> bool:
     view = ctx.view()
     if st.get("analysis") is None:
         blocks = tuple(b for b in ctx.tunable if b in SD26.ids)
+        threshold = ctx.analyzer_threshold
         plan = analysis_plan(view.sheet, view.settings, blocks=blocks, thresholds=Thresholds(), transpose=False,
-                             **ANALYZER)
+                             threshold=threshold, **ANALYZER)
         if not ctx.cells.fits(plan, PHASE):
             _stop(ctx, st, "the analyzer run", ctx.cells.uncached(plan))
             return False
         try:
             it = run_analysis(ctx.store, ctx.name, blocks=blocks, backend=ctx.engine, cancel=ctx.cancel,
                               progress=ctx.cells.counter(PHASE), allow_empty_prompt=ctx.allow_empty_prompt,
-                              **ANALYZER)
+                              threshold=threshold, **ANALYZER)
         finally:
             ctx.save()
         st["analysis"] = it.number

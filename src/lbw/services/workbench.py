@@ -511,15 +511,3 @@ def with_seeds_text(settings: ProjectSettings) -> str:
 def replace_settings(settings: ProjectSettings, **changes: Any) -> ProjectSettings:
     """A copy of ``settings`` with ``changes`` (for previews)."""
     return replace(settings, **changes)
-
-
-def analysis_threshold(settings: ProjectSettings) -> int:
-    """The analyzer's default pixel threshold for a project: LBW's 20 levels (made for 512-px renders), or 5 for
-    renders of at most 128 px, whose flat colours change by fewer levels (measured on the built-in world's
-    gobuhime at 64 px: every block under 1% Diff at 20; at 5, BASE 43%, IN04 16%, OUT08 15%, OUT06 10%).
-
-    Example:
-        >>> analysis_threshold(replace(settings, width=512, height=512))
-        20
-    """
-    return 5 if max(settings.width, settings.height) <= 128 else 20

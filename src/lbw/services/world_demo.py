@@ -27,7 +27,7 @@ from lbw.services.plot import plan_from_sheet
 
 DEMO_REGION = FACE_REGION
 STORY_SEEDS = (11, 12, 13, 14)
-DEMO_THRESHOLD = 5  # pixel levels: the world's flat 64-px pictures (lbw.services.workbench.analysis_threshold)
+DEMO_THRESHOLD = 5  # pixel levels: the world's flat 64-px pictures (lbw.services.project_render.analysis_threshold)
 
 
 def run_world_demo(

@@ -88,6 +88,8 @@ def register(app: typer.Typer) -> None:
                                                   "reported (default: the two after the largest tuning seed)."),
         scorer: str = typer.Option("lab-ssim", "--scorer", help="Scorer (entry point group lbw.scorers)."),
         sampler_seed: int = typer.Option(0, "--sampler-seed", help="Seed of the search's TPE sampler."),
+        analyzer_threshold: int | None = typer.Option(None, "--analyzer-threshold", help="Pixel threshold of the "
+                                                      "tutorial's analyzer run (default 20; 5 up to 128 px)."),
         restart: bool = typer.Option(False, "--restart", help="Start a new tune instead of continuing one."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         allow_empty_prompt: bool = typer.Option(False, "--allow-empty-prompt", help="Render without a prompt."),
@@ -114,7 +116,8 @@ def register(app: typer.Typer) -> None:
         options = TuneOptions(keep_box=keep_box, budget=budget, strategy=strategy, threshold=threshold,
                               seeds=_seed_list(seeds, "--seeds"),
                               held_out_seeds=_seed_list(held_out_seeds, "--held-out-seeds"), scorer=scorer,
-                              sampler_seed=sampler_seed, restart=restart, allow_empty_prompt=allow_empty_prompt)
+                              sampler_seed=sampler_seed, restart=restart, allow_empty_prompt=allow_empty_prompt,
+                              analyzer_threshold=analyzer_threshold)
         store = open_store(workspace)
         get_project(store, project)  # an unknown project is refused before torch loads
         if threads is not None:

@@ -79,7 +79,7 @@ def build(page: Any) -> None:
     @page.on_refresh([threshold])
     def default_threshold(view: Any, session: dict[str, Any]) -> list[Any]:
         """Before a project's first analysis, the pixel threshold suits its render size."""
-        from lbw.services.workbench import analysis_threshold
+        from lbw.services.project_render import analysis_threshold
 
         if view is None or page.sheet_only(session) or runs(view.name):
             return [gr.skip()]
