@@ -122,7 +122,7 @@ def load_world_pipeline(model: Path, *, threads: int = 1) -> Any:
         raise LbwError("not a diffusers model folder (no model_index.json)", where=str(model))
     # float32 on the CPU whatever the files store (the shipped weights are float16)
     pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, requires_safety_checker=False,
-                                                   torch_dtype=torch.float32)
+                                                   local_files_only=True, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
