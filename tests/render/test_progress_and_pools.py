@@ -653,3 +653,18 @@ def test_pool_urls_in_plans_are_checked():
         data["backend"] = {"name": "a1111", "url": url, "mode": None}
         with pytest.raises(RenderError, match=said):
             plan_from_json(json.dumps(data))
+
+
+def test_a_projects_url_may_name_a_pool():
+    from lbw.errors import ProjectError
+    from lbw.services.project_render import make_project_backend
+    from lbw.services.project_settings import check_settings
+    from lbw.services.project_types import ProjectSettings
+
+    settings = ProjectSettings(lora="face", backend="comfyui", url="http://10.0.0.2:8188, http://10.0.0.3:8188")
+    check_settings(settings)
+    pool = make_project_backend(settings, {"timeout": 5.0})
+    assert isinstance(pool, ServerPool) and pool.urls == ["http://10.0.0.2:8188", "http://10.0.0.3:8188"]
+    assert [member.timeout for member in pool.members] == [5.0, 5.0]
+    with pytest.raises(ProjectError, match="must start with http:// or https://, got 'ftp://b'"):
+        check_settings(ProjectSettings(backend="a1111", url="http://a:1,ftp://b"))
