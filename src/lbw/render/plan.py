@@ -47,6 +47,7 @@ MAX_CFG = 100.0
 MAX_CLIP_SKIP = 24
 MAX_THRESHOLD = 255  # 8-bit differences: above 255 nothing can count
 MAX_URL = 2048
+MAX_SERVERS = 64  # servers in one pool (``--url A,B,...``)
 A1111_MODES = ("presets", "inline", "xyz")
 
 
@@ -153,6 +154,41 @@ def public_url(url: str) -> str:
         raise RenderError(f"server URL {_short(url)}: expected http://HOST:PORT or https://HOST:PORT")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
+
+
+def server_urls(text: str) -> tuple[str, ...]:
+    """The server URLs of a ``--url`` value: one URL, or a pool of several separated by commas.
+
+    Each must be an ``http(s)`` URL (``public_url`` checks it); empty entries and a server named twice are refused.
+
+    Example:
+        >>> server_urls("http://10.0.0.2:7860, http://10.0.0.3:7860")
+        ('http://10.0.0.2:7860', 'http://10.0.0.3:7860')
+    """
+    urls = tuple(part.strip() for part in text.split(","))
+    if any(not url for url in urls):
+        raise RenderError(f"server URL list {_short(text)}: an empty entry (separate several servers with commas)")
+    if len(urls) > MAX_SERVERS:
+        raise RenderError(f"server URL list: {len(urls)} servers, at most {MAX_SERVERS}")
+    seen: dict[str, str] = {}
+    for url in urls:
+        if len(url) > MAX_URL:
+            raise RenderError(f"server URL {_short(url)}: longer than {MAX_URL} characters")
+        public = public_url(url)
+        if public in seen:
+            raise RenderError(f"server URL list: {_short(public)} is named twice")
+        seen[public] = url
+    return urls
+
+
+def public_urls(text: str) -> str:
+    """``public_url`` of every server of a ``--url`` value, joined by commas: what a plan records.
+
+    Example:
+        >>> public_urls("http://me:pw@10.0.0.2:7860,http://10.0.0.3:7860/?token=1")
+        'http://10.0.0.2:7860,http://10.0.0.3:7860/'
+    """
+    return ",".join(public_url(url) for url in server_urls(text))
 
 
 @dataclass(frozen=True)
@@ -294,7 +330,7 @@ def _check_backend(backend: BackendSpec) -> None:
     if backend.url is not None:
         if backend.name == "diffusers":
             raise RenderError("the diffusers backend takes no server URL")
-        if len(backend.url) > MAX_URL or public_url(backend.url) != backend.url:
+        if len(backend.url) > MAX_URL * MAX_SERVERS or public_urls(backend.url) != backend.url:
             raise RenderError(f"backend URL {_short(backend.url)}: expected http(s)://HOST:PORT[/PATH] without "
                               "credentials, query or fragment")
     if backend.mode is not None and (backend.name != "a1111" or backend.mode not in A1111_MODES):

@@ -115,7 +115,11 @@ def load_plan_source(path: str | Path) -> Plan:
 
 
 def make_backend(name: str, **options: Any) -> Backend:
-    """A backend by name with its options (``device``, ``batch_size``, ``model_config`` / ``url``, ...)."""
+    """A backend by name with its options (``device``, ``batch_size``, ``model_config`` / ``url``, ...).
+
+    An HTTP backend's ``url`` may name several servers separated by commas: the cells are then spread over them
+    (``lbw.render.pool.ServerPool``).
+    """
     if name == "diffusers":
         from lbw.render.backends.diffusers_backend import DiffusersBackend
 
@@ -123,12 +127,27 @@ def make_backend(name: str, **options: Any) -> Backend:
     if name == "a1111":
         from lbw.render.backends.a1111 import A1111Backend
 
-        return A1111Backend(**options)
+        return _http_backend(A1111Backend, options)
     if name == "comfyui":
         from lbw.render.backends.comfyui import ComfyUIBackend
 
-        return ComfyUIBackend(**options)
+        return _http_backend(ComfyUIBackend, options)
     raise RenderError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
+
+
+def _http_backend(kind: Any, options: dict[str, Any]) -> Backend:
+    """One ``kind`` backend for one server URL, or a pool of them for several."""
+    if options.get("url") is None:
+        return kind(**options)
+    from lbw.render.plan import server_urls
+
+    urls = server_urls(options.pop("url"))
+    if len(urls) == 1:
+        return kind(url=urls[0], **options)
+    from lbw.render.pool import POOL_RETRIES, ServerPool
+
+    options.setdefault("retries", POOL_RETRIES)
+    return ServerPool([kind(url=url, **options) for url in urls], urls)
 
 
 def plot(

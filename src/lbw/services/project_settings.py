@@ -55,8 +55,9 @@ def check_settings(settings: ProjectSettings) -> None:
         raise ProjectError(f"unknown backend {settings.backend!r}; expected one of {', '.join(BACKENDS)}")
     if settings.a1111_mode not in A1111_MODES:
         raise ProjectError(f"unknown a1111 mode {settings.a1111_mode!r}; expected one of {', '.join(A1111_MODES)}")
-    if settings.url is not None and not settings.url.startswith(("http://", "https://")):
-        raise ProjectError(f"the server URL must start with http:// or https://, got {printable(settings.url)!r}")
+    for url in () if settings.url is None else settings.url.split(","):  # several: a pool of servers
+        if not url.strip().startswith(("http://", "https://")):
+            raise ProjectError(f"the server URL must start with http:// or https://, got {printable(url)!r}")
     loras = (LoraSpec(name="x", strength=settings.strength, te_strength=settings.te_strength),
              *(LoraSpec(name="o", strength=o.strength, tuned=False) for o in settings.other_loras))
     try:

@@ -46,7 +46,8 @@ _SETTINGS: tuple[tuple[str, str, Any, Any], ...] = (
     ("model", "model", str | None, typer.Option(None, "--model", "-m", help="Checkpoint (a local folder/.safetensors "
                                                 "for diffusers; the server's name for a1111/comfyui).")),
     ("backend", "backend", str | None, typer.Option(None, "--backend", "-b", help="diffusers, a1111 or comfyui.")),
-    ("url", "url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188).")),
+    ("url", "url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188); several, "
+                                            "comma-separated, for a pool of servers.")),
     ("a1111_mode", "a1111_mode", str | None, typer.Option(None, "--a1111-mode", help="presets, inline or xyz.")),
     ("prompt", "prompt", str | None, typer.Option(None, "--prompt", "-p")),
     ("negative", "negative", str | None, typer.Option(None, "--negative", "-n")),

@@ -131,13 +131,13 @@ def _recorded_backend(plan: Plan, options: dict[str, Any]) -> dict[str, Any]:
 
 def _backend_spec(options: dict[str, Any]) -> Any:
     """What a plan records of the backend it is rendered with (the URL without credentials or query)."""
-    from lbw.render.plan import BackendSpec, public_url
+    from lbw.render.plan import BackendSpec, public_urls
 
     name = options["backend"] or "diffusers"
     if name == "diffusers":
         return BackendSpec(name)
     url = options["url"] or {"a1111": "http://127.0.0.1:7860", "comfyui": "http://127.0.0.1:8188"}[name]
-    return BackendSpec(name, public_url(url), (options["a1111_mode"] or "presets") if name == "a1111" else None)
+    return BackendSpec(name, public_urls(url), (options["a1111_mode"] or "presets") if name == "a1111" else None)
 
 
 def _threads(options: dict[str, Any]) -> None:
@@ -358,7 +358,8 @@ _SHARED: tuple[tuple[str, Any, Any], ...] = (
                                            "per batch element, weights untouched, cells share batches) or merge "
                                            "(weights rewritten per cell).")),
     ("threads", int | None, typer.Option(None, "--threads", help="CPU threads for torch.")),
-    ("url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188 by default).")),
+    ("url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188 by default); "
+                                     "several, comma-separated, spread the cells over a pool of servers.")),
     ("a1111_mode", str | None, typer.Option(None, "--a1111-mode", help="presets (always-on args, default), inline "
                                             "(lbw= vectors) or xyz (X/Y/Z Prompt S/R).")),
     ("allow_empty_prompt", bool, typer.Option(False, "--allow-empty-prompt", help="Render without a prompt (refused "

@@ -356,17 +356,24 @@ class A1111Backend:
                 images = self._images(payload, 1, job.cell.label, size, on_step)
                 yield job, decode_image(images[0], job.cell.label, size)
             return
-        groups: dict[tuple[Any, int], list[Job]] = {}
-        for job in jobs:
-            groups.setdefault((job.axis_value, job.seed), []).append(job)
-        for (_, seed), group in groups.items():
+        for group in self.units(jobs):
             payload = xyz_payload(plan, group, self._xyz_args)
             names = xyz_names(group)
             # images[0] is the X/Y/Z grid; the lone images follow in X order.
-            images = self._images(payload, len(names) + 1, f"seed {seed} (X/Y/Z)", size, on_step)
+            images = self._images(payload, len(names) + 1, f"seed {group[0].seed} (X/Y/Z)", size, on_step)
             for job in group:
                 data = images[1 + names.index(cell_preset_name(job.cell.values))]
                 yield job, decode_image(data, job.cell.label, size)
+
+    def units(self, jobs: Sequence[Job]) -> list[list[Job]]:
+        """The jobs as the requests that draw them: one each, or (xyz) one per seed and axis value, in order.
+        A server pool hands out these units."""
+        if self.mode != "xyz":
+            return [[job] for job in jobs]
+        groups: dict[tuple[Any, int], list[Job]] = {}
+        for job in jobs:
+            groups.setdefault((job.axis_value, job.seed), []).append(job)
+        return list(groups.values())
 
     def _images(
         self, payload: dict[str, Any], count: int, label: str, size: tuple[int, int], on_step: StepCallback | None

@@ -1,15 +1,19 @@
 """The ``comfyui`` backend: a running ComfyUI with the Inspire pack (``LoraLoaderBlockWeight //Inspire``).
 
 Each job is one API-format graph (checkpoint -> block-weight LoRA loader(s) -> CLIP skip -> prompts ->
-KSampler -> VAE decode -> SaveImage) queued with ``POST /prompt``; completion is read by polling
-``/history/{prompt_id}`` (lbw uses no websocket library), the image fetched with ``/view``. LBW vectors are
+KSampler -> VAE decode -> SaveImage) queued with ``POST /prompt`` under the backend's ``client_id``. Progress
+comes from ComfyUI's websocket (``/ws?clientId=...``, ``lbw.render.backends.comfy_ws``): each sampling step goes
+to the step callback, and the read timeout (``--timeout``) is the longest a cell may go without a sign of life
+(a new step, node or queue position), so a slow cell lives as long as ComfyUI works on it. When the websocket
+cannot be opened (an old server, a proxy that refuses the upgrade) or breaks, one note says so and cells are
+followed by polling ``/history/{prompt_id}`` instead; then ``--timeout`` bounds each cell from queueing to its
+image. The outputs are read from ``/history`` and the image fetched with ``/view`` either way. LBW vectors are
 converted to Inspire's convention for the blocks the LoRA file really has (``lbw.domain.inspire``), so the
 LoRA must also be available locally (``--lora PATH --lora-name NAME_ON_SERVER``).
 
 ComfyUI caches node outputs by their inputs; the block vector is an input of the loader node, so a cell never
-reuses another cell's weights. Plain HTTP shows no progress, so the read timeout (``--timeout``) bounds each cell
-from queueing to its image. A cell ComfyUI reports as failed is yielded as a ``CellFailure`` (not cached). Every
-answer's shape is checked (``Answer``); the image's size is checked before it is decoded.
+reuses another cell's weights. A cell ComfyUI reports as failed is yielded as a ``CellFailure`` (not cached).
+Every answer's shape is checked (``Answer``); the image's size is checked before it is decoded.
 
 Example:
     >>> backend = ComfyUIBackend(url="http://127.0.0.1:8188")
@@ -18,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.parse
 import uuid
@@ -33,6 +38,7 @@ from lbw.domain.weights import BlockWeights
 from lbw.errors import RenderError
 from lbw.render.backends.answers import Answer
 from lbw.render.backends.base import CellFailure, Hasher, StepCallback
+from lbw.render.backends.comfy_ws import ProgressSocket, SocketLost
 from lbw.render.backends.http import (
     CONNECT_TIMEOUT,
     MAX_BYTES,
@@ -44,12 +50,13 @@ from lbw.render.backends.http import (
     one_line,
 )
 from lbw.render.backends.images import open_image
-from lbw.render.plan import Job, Plan
+from lbw.render.plan import Job, Plan, public_url
 from lbw.render.samplers import comfy_sampler, resolve_sampler
 from lbw.render.weighting import lora_states
 
 LOADER = "LoraLoaderBlockWeight //Inspire"
 SAVE_NODE = "9"
+log = logging.getLogger("lbw.render")
 
 
 def inspire_vector(layout: str, values: Sequence[float], present: Sequence[tuple[str, int]]) -> str:
@@ -158,6 +165,7 @@ class ComfyUIBackend:
         backoff: float = 1.0,
         poll_interval: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        websocket: bool = True,
     ) -> None:
         self.deadline = Deadline(deadline, clock)
         self.client = HttpClient(url, connect_timeout=connect_timeout, read_timeout=timeout, deadline=self.deadline,
@@ -167,6 +175,9 @@ class ComfyUIBackend:
         self.clock = clock
         self.client_id = str(uuid.uuid4())
         self._present: list[tuple[tuple[str, int], ...] | None] = []
+        self._socket: ProgressSocket | None = None
+        self._polling = not websocket  # True once the websocket could not be used: follow cells via /history
+        self._closed = False
 
     def prepare(self, plan: Plan) -> None:
         """Check the Inspire pack, the LoRA names and the checkpoint; read each LoRA's present blocks."""
@@ -264,8 +275,9 @@ class ComfyUIBackend:
     def render(
         self, plan: Plan, jobs: Sequence[Job], on_step: StepCallback | None = None
     ) -> Iterator[tuple[Job, Image.Image | CellFailure]]:
-        """Queue one graph per job and wait for it via ``/history``."""
+        """Queue one graph per job and follow it on the websocket (or by polling ``/history``)."""
         size = (plan.settings.width, plan.settings.height)
+        self._open_socket()  # before the first prompt: ComfyUI sends a prompt's messages to the sockets open then
         for job in jobs:
             body = {"prompt": self._graph(plan, job), "client_id": self.client_id}
             answer = Answer("POST /prompt", self.client.post_json("/prompt", body), where=self.client.base_url)
@@ -280,7 +292,41 @@ class ComfyUIBackend:
                 continue
             yield job, self._fetch(outputs, job.cell.label, size)
 
+    def _open_socket(self) -> None:
+        """Open the progress websocket unless it is open or could not be used; a failure is noted once."""
+        if self._socket is not None or self._polling:
+            return
+        try:
+            self._socket = ProgressSocket.open(self.client.base_url, self.client_id,
+                                               connect_timeout=self.client.connect_timeout, deadline=self.deadline,
+                                               clock=self.clock)
+        except SocketLost as lost:
+            self._fall_back(f"no websocket progress ({lost.reason})")
+
+    def _fall_back(self, why: str) -> None:
+        """From now on follow cells by polling ``/history``; say so once."""
+        self._polling = True
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if not self._closed:
+            log.info("%s: %s: following each cell by polling /history (--timeout now bounds a cell from queueing "
+                     "to its image)", public_url(self.client.base_url), why)
+
     def _wait(self, prompt_id: str, label: str, on_step: StepCallback | None) -> Answer | CellFailure:
+        """Follow the prompt on the websocket until it ends, then read its outcome from ``/history``."""
+        if self._socket is not None:
+            try:
+                reported = self._socket.follow(prompt_id, label, on_step, timeout=self.timeout,
+                                               deadline=self.deadline, where=self.client.base_url)
+            except SocketLost as lost:
+                self._fall_back(f"the websocket broke ({lost.reason})")
+            else:
+                if reported == 1.0:
+                    on_step = None  # the last step was reported already
+        return self._poll(prompt_id, label, on_step)
+
+    def _poll(self, prompt_id: str, label: str, on_step: StepCallback | None) -> Answer | CellFailure:
         """Poll ``/history/{prompt_id}`` until the prompt is done: its outputs, or why it failed."""
         path = f"/history/{urllib.parse.quote(prompt_id, safe='')}"
         queued = self.clock()
@@ -321,7 +367,11 @@ class ComfyUIBackend:
         return open_image(raw, label, size, "ComfyUI")
 
     def close(self) -> None:
-        """Nothing to release (stateless HTTP)."""
+        """Close the progress websocket."""
+        self._closed = True
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 def _choices(info: Answer | None, node: str, field: str) -> list[str]:

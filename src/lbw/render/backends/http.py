@@ -66,6 +66,10 @@ def size_text(count: int) -> str:
     return f"{count} bytes"
 
 
+class DeadlineReached(RenderError):
+    """The run reached its ``--deadline`` (no other server or retry can help: a pool stops too)."""
+
+
 class Deadline:
     """An overall time limit shared by every request of a run (``seconds`` None: no limit).
 
@@ -91,9 +95,9 @@ class Deadline:
         """Seconds left (``inf`` without a deadline; may be negative)."""
         return math.inf if self.at is None else self.at - self.clock()
 
-    def error(self, endpoint: str) -> RenderError:
+    def error(self, endpoint: str) -> DeadlineReached:
         """The one-line error for a run that reached its deadline during ``endpoint``."""
-        return RenderError(
+        return DeadlineReached(
             f"{endpoint}: the run reached its deadline of {self.seconds:g} s (--deadline); finished cells are "
             "kept in the cache: run the same command again to go on"
         )
