@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lbw.render.backends.diffusers_backend import DiffusersBackend
-from lbw.render.distributed import RayBackend, RayOptions
+from lbw.render.distributed import LOCAL_OBJECT_STORE_BYTES, LOCAL_TEMP, RayBackend, RayOptions
 from lbw.render.plan import LoraSpec, Plan
 from lbw.render.runner import RunResult, run_plan
 from lbw.services.analyze import eba_plan
@@ -72,7 +72,7 @@ def main() -> None:
 
         start = time.perf_counter()
         ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", object_store_memory=256 << 20)
+                 logging_level="ERROR", object_store_memory=LOCAL_OBJECT_STORE_BYTES, _temp_dir=str(LOCAL_TEMP))
         ray_start = time.perf_counter() - start
         spread = RayBackend({"device": "cpu"}, RayOptions(workers=args.workers))
         start = time.perf_counter()
