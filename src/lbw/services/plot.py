@@ -114,12 +114,19 @@ def load_plan_source(path: str | Path) -> Plan:
     return load_plan(path)
 
 
-def make_backend(name: str, **options: Any) -> Backend:
-    """A backend by name with its options (``device``, ``batch_size``, ``model_config`` / ``url``, ...).
+def make_backend(name: str, ray: Any = None, **options: Any) -> Backend:
+    """A backend by name with its options (``device``, ``batch_size``, ``model_config`` / ``url``, ...); ``ray``
+    (``lbw.render.distributed.RayOptions``): the diffusers backend's cells rendered over Ray workers.
 
     An HTTP backend's ``url`` may name several servers separated by commas: the cells are then spread over them
     (``lbw.render.pool.ServerPool``).
     """
+    if ray is not None:
+        if name != "diffusers":
+            raise RenderError(f"Ray distributes the diffusers backend; {name} renders on its own server")
+        from lbw.render.distributed import RayBackend
+
+        return RayBackend(options, ray)
     if name == "diffusers":
         from lbw.render.backends.diffusers_backend import DiffusersBackend
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from lbw.domain.sheet import Sheet
-from lbw.errors import Cancelled
+from lbw.errors import Cancelled, RenderError
 from lbw.files.hashes import full_file_sha256
 from lbw.render.analysis import DEFAULT_THRESHOLD, Thresholds, diff_percent
 from lbw.render.backends.base import Backend, StepCallback
@@ -39,7 +39,7 @@ from lbw.services.project_types import ProjectSettings
 from lbw.store.records import AnalysisRecord, CellRecord
 
 # Backend options that belong to the machine, not the project (given per render): diffusers and HTTP ones.
-DIFFUSERS_OPTIONS = ("device", "batch_size", "model_config", "dtype", "lora_mode")
+DIFFUSERS_OPTIONS = ("device", "batch_size", "model_config", "dtype", "lora_mode", "ray")
 HTTP_OPTIONS = ("timeout", "connect_timeout", "deadline")
 DEFAULT_URLS = {"a1111": "http://127.0.0.1:7860", "comfyui": "http://127.0.0.1:8188"}
 
@@ -87,6 +87,8 @@ def make_project_backend(settings: ProjectSettings, options: Mapping[str, Any] |
     options = dict(options or {})
     if settings.backend == "diffusers":
         return make_backend("diffusers", **{k: v for k, v in options.items() if k in DIFFUSERS_OPTIONS})
+    if options.get("ray") is not None:
+        raise RenderError(f"--ray distributes the diffusers backend; this project renders on {settings.backend}")
     limits = {k: v for k, v in options.items() if k in HTTP_OPTIONS and v is not None}
     url = settings.url or DEFAULT_URLS[settings.backend]
     if settings.backend == "a1111":

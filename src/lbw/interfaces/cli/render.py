@@ -96,6 +96,9 @@ def _backend(options: dict[str, Any]) -> Any:
     from lbw.services.plot import make_backend
 
     name = options["backend"] or "diffusers"
+    ray = _ray_options(options)
+    if ray is not None and name != "diffusers":
+        raise RenderError(f"--ray distributes the diffusers backend; {name} renders on its own server (--url)")
     _threads(options)
     if name == "diffusers":
         return make_backend(
@@ -105,6 +108,7 @@ def _backend(options: dict[str, Any]) -> Any:
             model_config=options["model_config"],
             dtype=options["dtype"],
             lora_mode=options["lora_mode"] or "batched",
+            **({"ray": ray} if ray is not None else {}),
         )
     limits = {key: options[key] for key in ("timeout", "connect_timeout", "deadline") if options[key] is not None}
     if name == "a1111":
@@ -113,6 +117,17 @@ def _backend(options: dict[str, Any]) -> Any:
     if name == "comfyui":
         return make_backend(name, url=options["url"] or "http://127.0.0.1:8188", **limits)
     return make_backend(name)
+
+
+def _ray_options(options: dict[str, Any]) -> Any:
+    """``RayOptions`` when ``--ray`` or ``--ray-address`` is given (``--workers`` only with them), else None."""
+    if not options["ray"] and options["ray_address"] is None:
+        if options["workers"] is not None:
+            raise RenderError("--workers goes with --ray or --ray-address")
+        return None
+    from lbw.render.distributed import RayOptions
+
+    return RayOptions(address=options["ray_address"], workers=options["workers"], threads=options["threads"])
 
 
 def _recorded_backend(plan: Plan, options: dict[str, Any]) -> dict[str, Any]:
@@ -201,6 +216,8 @@ def _project_run(options: dict[str, Any], given: dict[str, Any], run: Callable[.
     get_project(store, project)  # an unknown project is refused before torch loads
     _threads(options)
     machine = {key: options[key] for key in _MACHINE_OPTIONS if options.get(key) is not None}
+    if (ray := _ray_options(options)) is not None:
+        machine["ray"] = ray
     progress = RenderProgress("cells")
     try:
         with progress:
@@ -357,7 +374,14 @@ _SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("lora_mode", str | None, typer.Option(None, "--lora-mode", help="diffusers: batched (default: LoRAs applied "
                                            "per batch element, weights untouched, cells share batches) or merge "
                                            "(weights rewritten per cell).")),
-    ("threads", int | None, typer.Option(None, "--threads", help="CPU threads for torch.")),
+    ("threads", int | None, typer.Option(None, "--threads", help="CPU threads for torch (with --ray: per CPU "
+                                         "worker).")),
+    ("ray", bool, typer.Option(False, "--ray", help="diffusers: render the cells over Ray workers, one per GPU (a "
+                               "local Ray started by lbw unless --ray-address; needs lbw[ray]).")),
+    ("ray_address", str | None, typer.Option(None, "--ray-address", help="Join a running Ray cluster instead: "
+                                             "auto, HOST:6379 or ray://HOST:10001 (implies --ray).")),
+    ("workers", int | None, typer.Option(None, "--workers", help="With --ray: how many workers (default: one per "
+                                         "GPU, else one per node; CPU workers share the CPUs).")),
     ("url", str | None, typer.Option(None, "--url", help="Server URL (a1111 :7860, comfyui :8188 by default); "
                                      "several, comma-separated, spread the cells over a pool of servers.")),
     ("a1111_mode", str | None, typer.Option(None, "--a1111-mode", help="presets (always-on args, default), inline "
