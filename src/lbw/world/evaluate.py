@@ -31,7 +31,7 @@ from lbw.world.generator import Attributes, caption
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    steps: int = 12
+    steps: int = 8
     cfg: float = 5.0
     sampler: str = "DPM++ 2M"
     size: int = 64
