@@ -48,7 +48,8 @@ from lbw.render.runner import CellCallback
 from lbw.render.scorers import DEFAULT_SCORER
 from lbw.services.project_types import ProjectView
 from lbw.services.tune_context import TuneContext, TuneEvent, TuneProgress
-from lbw.services.tune_report import ScoreRow, TuneReport, notes, report_data, write_grid
+from lbw.services.tune_keep import KeepRegion
+from lbw.services.tune_report import KeepMaskInfo, ScoreRow, TuneReport, notes, report_data, write_grid
 from lbw.services.tune_state import (
     describe_fingerprint,
     load_state,
@@ -73,11 +74,14 @@ REPORT_FILE = "report.json"
 @dataclass(frozen=True)
 class TuneOptions:
     """How to tune. ``keep_box``: ``x0,y0,x1,y1`` (pixels, or fractions when all <= 1; default the project's
-    region); ``seeds``: the tuning seeds (default the project's); ``held_out_seeds``: seeds never tuned on
-    (default the two after the largest tuning seed; ``()`` for none); ``analyzer_threshold``: the pixel threshold
-    of the tutorial's analyzer run (default ``analysis_threshold``: 20 levels, 5 for renders of at most 128 px)."""
+    region); ``keep_mask``: a PNG of the keep region instead (``lbw.render.masks``: resized with nearest-neighbour
+    to the render size, kept = above 50% alpha or luminance; not with ``keep_box``; ``lbw.services.tune_keep``);
+    ``seeds``: the tuning seeds (default the project's); ``held_out_seeds``: seeds never tuned on (default the two
+    after the largest tuning seed; ``()`` for none); ``analyzer_threshold``: the pixel threshold of the tutorial's
+    analyzer run (default ``analysis_threshold``: 20 levels, 5 for renders of at most 128 px)."""
 
     keep_box: str | None = None
+    keep_mask: str | Path | None = None
     budget: int = DEFAULT_BUDGET
     strategy: str = "both"
     threshold: float = DEFAULT_THRESHOLD
@@ -125,12 +129,11 @@ def run_tune(
     cached)`` each cell; an exception raised by either (Ctrl-C) stops the tune with its state saved. ``backend``:
     an open backend to use (left open); else one is made from the project's settings and ``backend_options``.
     """
-    from lbw.render.analysis import Box
     from lbw.render.scorers import load_scorer
-    from lbw.render.scores import keep_mask
     from lbw.services.project_render import analysis_threshold, make_project_backend
     from lbw.services.projects import check_prompt, get_project
     from lbw.services.tune_cells import Budget, Cells, Scoring, ones_sheet
+    from lbw.services.tune_keep import copy_mask, keep_region
 
     options = options or TuneOptions()
     _check_options(options)
@@ -140,23 +143,17 @@ def run_tune(
     held_out = tuple(options.held_out_seeds) if options.held_out_seeds is not None else default_held_out(tuning)
     _check_seeds(tuning, held_out)
     caps = _caps(options, len(tuning) + len(held_out))
-    box = options.keep_box if options.keep_box is not None else view.settings.roi
-    if not box:
-        raise ProjectError(f"project {view.name!r} has no region: give --keep-box x0,y0,x1,y1 (the part of the "
-                           "image the LoRA is for, e.g. the face; fractions or pixels)")
-    width, height = view.settings.width, view.settings.height
-    keep = _user_error(lambda: keep_mask(box, width, height))
-    box_text = Box.parse(box, width, height).as_text()
+    folder = tune_folder(store.workspace, view.id)
+    state = None if options.restart else load_state(folder)
+    region = keep_region(options, view, folder, state)
     pixels = options.analyzer_threshold
     if pixels is None:
         pixels = analysis_threshold(view.settings)
     scorer = _user_error(lambda: load_scorer(options.scorer))
     fingerprint = {"strategy": options.strategy, "threshold": options.threshold, "seeds": list(tuning),
-                   "held_out": list(held_out), "keep_box": box_text, "scorer": options.scorer,
+                   "held_out": list(held_out), **region.fingerprint, "scorer": options.scorer,
                    "sampler_seed": options.sampler_seed, "settings": _settings_digest(view),
                    "analyzer_threshold": pixels}
-    folder = tune_folder(store.workspace, view.id)
-    state = None if options.restart else load_state(folder)
     if state is not None and state.get("fingerprint") != fingerprint:
         if state.get("status") != "done":
             raise ProjectError(
@@ -168,7 +165,7 @@ def run_tune(
         raise ProjectError(f"every block of project {view.name!r}'s sheet is fixed: nothing to tune; unfix the "
                            f"blocks to tune (lbw sheet unfix --project {view.name} ...) or undo to an earlier "
                            "iteration")
-    view = _use_settings(store, view, tuning, box)
+    view = _use_settings(store, view, tuning, region.roi)
     if state is None:
         tunable = view.sheet.unfixed_ids
         state = new_state(fingerprint, options.budget, run=next_run(folder))
@@ -178,20 +175,21 @@ def run_tune(
     state["status"] = "running"
     budget = Budget(state["counts"], caps)
     out = run_folder(folder, state["run"])
+    copy = copy_mask(region, out)
     engine = backend if backend is not None else make_project_backend(view.settings, backend_options)
     cells = Cells(engine, store.workspace / "cache", out / "scratch", budget, on_cell=on_cell, cancel=cancel,
                   saved=lambda: save_state(folder, state))
     try:
         save_state(folder, state)
         references = _references(cells, view, tuning + held_out)
-        scoring = Scoring(scorer, keep, references)
+        scoring = Scoring(scorer, region.mask, references)
         ctx = TuneContext(store, name, folder, state, cells, scoring, engine, options.threshold, tuning,
                           tuple(state["start"]["tunable"]), tuple(state["start"]["values"]), ones_sheet(view.sheet),
                           options.sampler_seed, options.allow_empty_prompt, cancel, progress,
                           analyzer_threshold=pixels)
         ctx.emit("references", f"ALL and LoRA off at {len(tuning) + len(held_out)} seeds")
         results = _strategies(ctx, options, budget)
-        report = _finish(ctx, options, results, references, tuning, held_out, box_text, out)
+        report = _finish(ctx, options, results, references, tuning, held_out, region, copy, out)
         state["status"] = "done"
         save_state(folder, state)
         return report
@@ -254,7 +252,7 @@ def _references(cells: Any, view: ProjectView, seeds: Sequence[int]) -> dict[int
 
 def _finish(ctx: TuneContext, options: TuneOptions, results: dict[str, list[float]],
             references: dict[int, tuple[Path, Path]], tuning: tuple[int, ...], held_out: tuple[int, ...],
-            box: str, out: Path) -> TuneReport:
+            region: KeepRegion, copy: Path | None, out: Path) -> TuneReport:
     """Render each result at every seed, score, pick the winner, make it the project's sheet, write the grid and
     the report."""
     from lbw.services.tune_cells import candidate_plan
@@ -282,11 +280,13 @@ def _finish(ctx: TuneContext, options: TuneOptions, results: dict[str, list[floa
     _apply(ctx, winner)
     view = ctx.view()
     stops = notes(ctx.state, results)
-    grid = write_grid(view, rows, images, seeds, held_out, box, out / GRID_FILE)
+    title = region.describe(Path(copy.name) if copy is not None else None)
+    grid = write_grid(view, rows, images, seeds, held_out, region.mask, title, out / GRID_FILE)
+    mask = None if copy is None else KeepMaskInfo(copy, str(region.digest), region.kept, region.roi)
     report = TuneReport(view.name, winner.name, view.sheet.weight_line(), tuple(view.sheet.values), tuple(rows),
-                        {k: int(v) for k, v in ctx.state["counts"].items()}, options.budget, tuning, held_out, box,
-                        options.scorer, options.threshold, tuple(ctx.state.get("iterations", [])), grid,
-                        out / REPORT_FILE, stops)
+                        {k: int(v) for k, v in ctx.state["counts"].items()}, options.budget, tuning, held_out,
+                        region.box, options.scorer, options.threshold, tuple(ctx.state.get("iterations", [])), grid,
+                        out / REPORT_FILE, stops, mask)
     write_text_atomic(report.report, json_text(report_data(report, ctx.state), indent=2, allow_nan=False) + "\n")
     ctx.emit("evaluation", f"{winner.name} wins: effect {winner.tuning.effect:.3f} side {winner.tuning.side:.3f} "
                            "on the tuning seeds")
@@ -328,8 +328,9 @@ def _apply(ctx: TuneContext, winner: ScoreRow) -> None:
 
 
 def _use_settings(store: Store, view: ProjectView, tuning: tuple[int, ...], box: str) -> ProjectView:
-    """The tuning seeds and the keep box become the project's seeds and region (one ``settings`` decision), so the
-    analyzer and every Sub round the tune records render the same seeds and measure the same region."""
+    """The tuning seeds and the keep box (a mask's bounding box) become the project's seeds and region (one
+    ``settings`` decision), so the analyzer and every Sub round the tune records render the same seeds and measure
+    the same region."""
     from lbw.services.projects import update_settings
 
     changes: dict[str, Any] = {}

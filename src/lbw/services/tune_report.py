@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lbw.domain.tune_rule import ScoreSummary
 from lbw.services.project_types import ProjectView
 
@@ -28,9 +30,21 @@ class ScoreRow:
 
 
 @dataclass(frozen=True)
+class KeepMaskInfo:
+    """A tune's keep mask: its copy in the run folder, its sha256 (of the mask as used), the kept pixels and its
+    bounding box (``x0,y0,x1,y1`` in pixels, the project's region during the tune)."""
+
+    file: Path
+    sha256: str
+    kept_pixels: int
+    bounding_box: str
+
+
+@dataclass(frozen=True)
 class TuneReport:
     """What a tune found: the winner and its weights (now the project's sheet), the score table, the cells each
-    phase rendered, the iterations it recorded, notes (why a strategy stopped), the grid and the report file."""
+    phase rendered, the iterations it recorded, notes (why a strategy stopped), the grid and the report file. The
+    keep region is ``keep_box`` (pixels) or, when it was a mask, ``keep_mask`` (and ``keep_box`` is None)."""
 
     project: str
     winner: str
@@ -41,13 +55,14 @@ class TuneReport:
     budget: int
     tuning_seeds: tuple[int, ...]
     held_out_seeds: tuple[int, ...]
-    keep_box: str
+    keep_box: str | None
     scorer: str
     threshold: float
     iterations: tuple[int, ...]
     grid: Path
     report: Path
     notes: tuple[str, ...] = field(default_factory=tuple)
+    keep_mask: KeepMaskInfo | None = None
 
     @property
     def cells(self) -> int:
@@ -56,28 +71,29 @@ class TuneReport:
 
 
 def write_grid(view: ProjectView, rows: Sequence[ScoreRow], images: dict[str, dict[int, Path]],
-          seeds: Sequence[int], held_out: Sequence[int], box: str, path: Path) -> Path:
-    """ALL, each result and OFF (rows) at every seed (columns, held-out ones marked), the keep box outlined."""
-    from PIL import Image, ImageDraw
+               seeds: Sequence[int], held_out: Sequence[int], keep: np.ndarray, region: str, path: Path) -> Path:
+    """ALL, each result and OFF (rows) at every seed (columns, held-out ones marked), the keep region (the boolean
+    mask ``keep``, a box or a drawn shape) outlined in white; ``region`` names it in the title."""
+    from PIL import Image
 
-    from lbw.render.analysis import Box
     from lbw.render.grid import compose_grid, save_png
+    from lbw.render.masks import outline
 
-    region = Box.parse(box, view.settings.width, view.settings.height)
+    edge = outline(keep)
     cells = []
     for row in rows:
         line = []
         for seed in seeds:
             with Image.open(images[row.name][seed]) as image:
-                picture = image.convert("RGB")
-            ImageDraw.Draw(picture).rectangle((region.left, region.top, region.right - 1, region.bottom - 1),
-                                              outline=(255, 255, 255))
-            line.append(picture)
+                pixels = np.array(image.convert("RGB"))
+            if pixels.shape[:2] == edge.shape:
+                pixels[edge] = (255, 255, 255)
+            line.append(Image.fromarray(pixels, mode="RGB"))
         cells.append(line)
     labels = [f"{'LoRA off' if row.name == 'OFF' else row.name}\neffect {row.tuning.effect:.2f} side "
               f"{row.tuning.side:.2f}" for row in rows]
     columns = [f"seed {seed}\n{'held out' if seed in held_out else 'tuning'}" for seed in seeds]
-    grid = compose_grid(cells, labels, columns, title=f"{view.name}: ALL vs tuned vs LoRA off (keep box {box})")
+    grid = compose_grid(cells, labels, columns, title=f"{view.name}: ALL vs tuned vs LoRA off ({region})")
     return save_png(grid, path)
 
 
@@ -97,6 +113,9 @@ def report_data(report: TuneReport, state: Mapping[str, Any] | None = None) -> d
         "weights": report.weights,
         "threshold": report.threshold,
         "keep_box": report.keep_box,
+        "keep_mask": None if report.keep_mask is None else {
+            "file": str(report.keep_mask.file), "sha256": report.keep_mask.sha256,
+            "kept_pixels": report.keep_mask.kept_pixels, "bounding_box": report.keep_mask.bounding_box},
         "scorer": report.scorer,
         "tuning_seeds": list(report.tuning_seeds),
         "held_out_seeds": list(report.held_out_seeds),

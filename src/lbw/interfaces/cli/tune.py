@@ -6,6 +6,7 @@ file to stdout. Ctrl-C keeps the tune's state: the same command continues it.
 
 Example:
     $ lbw tune --project Face --keep-box 0.3,0.1,0.7,0.5 --budget 200 --seeds 1,2 --held-out-seeds 7,8
+    $ lbw tune --project Face --keep-mask face-mask.png --budget 200
     tuned weights (search): Face:1,0,0.5,...
 """
 
@@ -50,12 +51,20 @@ def score_table(report: TuneReport) -> list[str]:
     return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
 
 
+def keep_region(report: TuneReport) -> str:
+    """``keep box x0,y0,x1,y1`` or ``keep mask FILE (N pixels, within x0,y0,x1,y1)``."""
+    mask = report.keep_mask
+    if mask is None:
+        return f"keep box {report.keep_box}"
+    return f"keep mask {mask.file} ({mask.kept_pixels} pixels, within {mask.bounding_box})"
+
+
 def print_report(report: TuneReport) -> None:
     """The weights, the score table, the cells used and the files."""
     counts = report.counts
     print(f"tuned weights ({shown(report.winner)}): {shown(report.weights)}")
     print(f"goal: least side effect with effect kept >= {report.threshold:g} on the tuning seeds "
-          f"{','.join(map(str, report.tuning_seeds))}; keep box {report.keep_box}; scorer {shown(report.scorer)}")
+          f"{','.join(map(str, report.tuning_seeds))}; {shown(keep_region(report))}; scorer {shown(report.scorer)}")
     for line in score_table(report):
         print(line)
     parts = ", ".join(f"{phase} {counts.get(phase, 0)}" for phase in ("references", "tutorial", "search",
@@ -80,6 +89,9 @@ def register(app: typer.Typer) -> None:
         project: str = typer.Option(..., "--project", help="The project to tune (see `lbw project`)."),
         keep_box: str | None = typer.Option(None, "--keep-box", help="Region whose look the LoRA is for, "
                                             "x0,y0,x1,y1 in fractions or pixels (default: the project's region)."),
+        keep_mask: Path | None = typer.Option(None, "--keep-mask", help="The keep region as a PNG instead of a box: "
+                                              "kept = above 50% alpha (or luminance); resized to the render size "
+                                              "with nearest-neighbour."),
         budget: int = typer.Option(200, "--budget", help="Cells to render at most (cached cells are free)."),
         strategy: str = typer.Option("both", "--strategy", help="tutorial, search, both, or random (a baseline)."),
         threshold: float = typer.Option(0.9, "--threshold", help="Least effect kept (0..1)."),
@@ -113,7 +125,8 @@ def register(app: typer.Typer) -> None:
         from lbw.services.projects import get_project
         from lbw.services.tune import TuneOptions, report_data, run_tune
 
-        options = TuneOptions(keep_box=keep_box, budget=budget, strategy=strategy, threshold=threshold,
+        options = TuneOptions(keep_box=keep_box, keep_mask=keep_mask, budget=budget, strategy=strategy,
+                              threshold=threshold,
                               seeds=_seed_list(seeds, "--seeds"),
                               held_out_seeds=_seed_list(held_out_seeds, "--held-out-seeds"), scorer=scorer,
                               sampler_seed=sampler_seed, restart=restart, allow_empty_prompt=allow_empty_prompt,
