@@ -173,3 +173,42 @@ def test_a_changed_mask_is_other_options_and_both_regions_at_once_are_refused(as
     empty = _png(tmp_path / "empty.png", np.zeros((64, 64), np.uint8))
     with pytest.raises(ProjectError, match=f"^{empty}: the keep mask keeps no pixel"):
         run_tune(store, "Face", replace(options, keep_mask=empty, restart=True))
+
+
+def test_the_editors_painted_layers_become_the_projects_drawn_mask(assets, tmp_path):
+    from lbw.services.keep_draw import (
+        drawn_mask,
+        drawn_mask_counts,
+        editor_background,
+        mask_from_editor,
+        save_drawn_mask,
+    )
+    from lbw.services.tune_live import report_summary, tune_form
+
+    layer = np.zeros((32, 32, 4), np.uint8)                    # half the render size: resized with nearest
+    layer[4:10, 8:12] = (255, 59, 48, 255)                     # a painted stroke (colour does not matter)
+    layer[20, 20] = (255, 59, 48, 100)                         # a faint edge: not kept
+    other = np.zeros((32, 32, 4), np.uint8)
+    other[0, 0, 3] = 200
+    value = {"background": np.full((32, 32, 3), 255, np.uint8), "layers": [layer, None, other], "composite": None}
+    mask = mask_from_editor(value, 64, 64)
+    assert mask.sum() == (6 * 4 + 1) * 4 and mask[8:20, 16:24].all() and mask[0:2, 0:2].all()
+    for bad, message in (({"layers": []}, "nothing is painted"), ({"layers": [np.zeros((8, 8, 4), np.uint8)]},
+                         "nothing is painted"), ("x", "nothing is painted"),
+                         ({"layers": [np.full((8, 8, 4), 255, np.uint8)]}, "keeps every pixel"),
+                         ({"layers": [np.zeros((8, 8), np.uint8)]}, "is not an RGBA image")):
+        with pytest.raises(ProjectError, match=message):
+            mask_from_editor(bad, 64, 64)
+    store = _project(tmp_path, assets)
+    assert drawn_mask(store, "Face") is None and editor_background(store, "Face") is None
+    path, kept, total = save_drawn_mask(store, "Face", value)
+    assert path == store.workspace / "projects" / "1" / "keep-mask.png" == drawn_mask(store, "Face")
+    assert (kept, total) == (100, 4096) == drawn_mask_counts(store, "Face")
+    assert np.array_equal(read_mask(path, 64, 64), mask)
+    view = get_project(store, "Face")
+    assert tune_form(view, keep_mask=path).keep_mask == path
+    with pytest.raises(ProjectError, match="not both"):
+        tune_form(view, keep_box=BOX, keep_mask=path)
+    summary = report_summary({"keep_box": None, "keep_mask": {"file": "/x/run-0001/keep-mask.png", "kept_pixels": 100,
+                                                               "bounding_box": "0,0,24,20"}})
+    assert summary.keep_box == "mask keep-mask.png (100 px within 0,0,24,20)"

@@ -46,6 +46,7 @@ def tune_form(
     view: ProjectView,
     *,
     keep_box: Any = None,
+    keep_mask: Path | None = None,
     budget: Any = DEFAULT_BUDGET,
     strategy: Any = "both",
     threshold: Any = DEFAULT_THRESHOLD,
@@ -54,7 +55,8 @@ def tune_form(
 ) -> TuneOptions:
     """The options of a tune of ``view`` from form values (text or numbers as a page sends them), checked at once
     so that a mistake is one line before anything is queued: the keep box (empty: the project's region) must
-    parse and leave part of the image outside it, the budget is a whole number of cells, the threshold is in
+    parse and leave part of the image outside it, or the keep mask (a path the caller chose, e.g. the project's
+    drawn mask; not with a box) must read as one, the budget is a whole number of cells, the threshold is in
     (0, 1], the strategy is known, the held-out seeds are numbers (empty: the default two; ``-``: none), and the
     project has a prompt. What needs the project's seeds (a budget too small for them) is checked by ``run_tune``.
 
@@ -63,17 +65,27 @@ def tune_form(
         Traceback (most recent call last):
         lbw.errors.ProjectError: keep box 'nan,0,1,1': expected four finite numbers x0,y0,x1,y1
     """
-    from lbw.render.scores import keep_mask
+    from lbw.render.masks import read_mask
+    from lbw.render.scores import keep_mask as keep_box_mask
     from lbw.services.projects import check_prompt
 
     box = _text(keep_box)
     if len(box) > MAX_BOX_CHARS:
         raise ProjectError(f"the keep box is at most {MAX_BOX_CHARS} characters: x0,y0,x1,y1")
-    if not box and not view.settings.roi:
+    if keep_mask is not None:
+        if box:
+            raise ProjectError("give the keep region as a box or as the drawn mask, not both: empty the keep box "
+                               "or untick the drawn mask")
+        try:
+            read_mask(keep_mask, view.settings.width, view.settings.height)
+        except LbwError as error:
+            raise ProjectError(error.message, where=error.where) from None
+    elif not box and not view.settings.roi:
         raise ProjectError(f"project {view.name!r} has no region: give the keep box x0,y0,x1,y1 (the part of the "
                            "image the LoRA is for, e.g. the face; fractions or pixels)")
     try:
-        keep_mask(box or view.settings.roi or "", view.settings.width, view.settings.height)
+        if keep_mask is None:
+            keep_box_mask(box or view.settings.roi or "", view.settings.width, view.settings.height)
     except LbwError as error:
         raise ProjectError(error.message) from None
     cells = _whole(budget, "the budget")
@@ -86,7 +98,7 @@ def tune_form(
     if not 0.0 < least <= 1.0:
         raise ProjectError(f"the threshold must be above 0 and at most 1, got {least:g}")
     check_prompt(view.settings)
-    return TuneOptions(keep_box=box or None, budget=cells, strategy=name, threshold=least,
+    return TuneOptions(keep_box=box or None, keep_mask=keep_mask, budget=cells, strategy=name, threshold=least,
                        held_out_seeds=_held_out(held_out), restart=bool(restart))
 
 
@@ -207,7 +219,8 @@ def score_rows(data: Mapping[str, Any]) -> list[list[str]]:
 
 @dataclass(frozen=True)
 class ReportSummary:
-    """What a report says beside its table, as text: the winner, the weights line, the threshold, the keep box,
+    """What a report says beside its table, as text: the winner, the weights line, the threshold, the keep region
+    (the box, or ``mask keep-mask.png (1024 px within 16,13,48,45)``),
     the tuning and held-out seeds, the iterations recorded and the notes (why a strategy stopped)."""
 
     winner: str
@@ -237,8 +250,15 @@ def report_summary(data: Mapping[str, Any]) -> ReportSummary:
         return tuple(v for v in _list(data.get(key)) if isinstance(v, int) and not isinstance(v, bool))
 
     threshold = data.get("threshold")
+    region = text("keep_box", 200)
+    mask = data.get("keep_mask")
+    if not region and isinstance(mask, Mapping):  # a mask: its file's name, kept pixels and bounds
+        kept, bounds, file = mask.get("kept_pixels"), mask.get("bounding_box"), mask.get("file")
+        region = (f"mask {Path(file[:500]).name[:100] if isinstance(file, str) else '?'}"
+                  f" ({kept if type(kept) is int else '?'} px"
+                  f"{f' within {bounds[:100]}' if isinstance(bounds, str) else ''})")
     return ReportSummary(text("winner", 40), text("weights"), f"{threshold:g}" if _finite(threshold) else "",
-                         text("keep_box", 200), numbers("tuning_seeds"), numbers("held_out_seeds"),
+                         region, numbers("tuning_seeds"), numbers("held_out_seeds"),
                          numbers("iterations"),
                          tuple(note[:500] for note in _list(data.get("notes")) if isinstance(note, str)))
 

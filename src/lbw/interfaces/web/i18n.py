@@ -154,6 +154,26 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Keep region x0,y0,x1,y1 (fractions or pixels; empty: the project's region)",
         "残す領域 x0,y0,x1,y1 (割合またはピクセル。空欄: プロジェクトの注目領域)",
     ),
+    "tune.mask.title": ("Draw the keep region (a mask instead of the box)", "残す領域を描く (枠の代わりにマスク)"),
+    "tune.mask.help": (
+        "Paint the part of the image the LoRA is for (e.g. the face) over the cell with the brush, then press "
+        "**Use this mask**. Painted pixels are the keep region; side effects are measured everywhere else. The "
+        "mask is saved in the project's folder and the tune copies it.",
+        "LoRA を効かせたい部分 (顔など) をブラシでセルの上に塗り、**このマスクを使う** を押してください。"
+        "塗ったピクセルが残す領域になり、それ以外のすべてで副作用を測ります。マスクはプロジェクトのフォルダに"
+        "保存され、調整はその写しを使います。",
+    ),
+    "tune.mask.editor": ("Keep region: paint on the latest cell", "残す領域: 最新のセルの上に塗る"),
+    "tune.mask.save": ("Use this mask", "このマスクを使う"),
+    "tune.mask.use": ("Keep region = the drawn mask (not the box)", "残す領域 = 描いたマスク (枠ではなく)"),
+    "tune.mask.saved": ("Drawn mask saved: {kept} of {total} pixels kept.",
+                        "描いたマスクを保存しました: {total} ピクセル中 {kept} ピクセルを残します。"),
+    "tune.mask.current": ("Drawn mask: {kept} of {total} pixels kept.",
+                          "描いたマスク: {total} ピクセル中 {kept} ピクセルを残します。"),
+    "tune.mask.none": ("No drawn mask yet.", "描いたマスクはまだありません。"),
+    "tune.mask.missing": ("no drawn mask: paint the keep region and press Use this mask, or untick the drawn mask",
+                          "描いたマスクがありません: 残す領域を塗って「このマスクを使う」を押すか、マスクの"
+                          "チェックを外してください"),
     "tune.budget": ("Budget (cells to render at most)", "予算 (生成するセル数の上限)"),
     "tune.threshold": ("Least effect kept (0 to 1)", "残す効果の下限 (0〜1)"),
     "tune.strategy": ("Strategy", "方式"),

@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
 from lbw.domain.text import printable
 from lbw.interfaces.web.i18n import MESSAGES
 
 STRATEGIES = ("tutorial", "search", "both")
+MASK_COLOUR = "#ff3b30"  # the brush: any painted pixel is kept, whatever its colour
 
 
 def build(page: Any) -> None:
@@ -26,6 +28,17 @@ def build(page: Any) -> None:
             budget = gr.Number(label=t("tune.budget"), value=DEFAULT_BUDGET, scale=1, elem_id="lbw-auto-budget")
             threshold = gr.Number(label=t("tune.threshold"), value=0.9, step=0.05, scale=1,
                                   elem_id="lbw-auto-threshold")
+        with gr.Accordion(t("tune.mask.title"), open=False, elem_id="lbw-auto-mask-section"):
+            gr.Markdown(t("tune.mask.help"))
+            editor = gr.ImageEditor(label=t("tune.mask.editor"), type="numpy", image_mode="RGBA", sources=(),
+                                    transforms=(), layers=False, buttons=[], height=420,
+                                    brush=gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR,
+                                                   color_mode="fixed"),
+                                    eraser=gr.Eraser(), elem_id="lbw-auto-mask-editor")
+            with gr.Row():
+                save_mask = gr.Button(t("tune.mask.save"), scale=1, elem_id="lbw-auto-mask-save")
+                use_mask = gr.Checkbox(label=t("tune.mask.use"), value=False, scale=2, elem_id="lbw-auto-use-mask")
+            mask_note = gr.Markdown(elem_id="lbw-auto-mask-note")
         with gr.Row():
             strategy = gr.Radio([(t(f"tune.row.{k}"), k) for k in STRATEGIES], value="both", scale=2,
                                 label=t("tune.strategy"), elem_id="lbw-auto-strategy")
@@ -76,27 +89,55 @@ def build(page: Any) -> None:
         rows = [[row_name(name), *numbers] for name, *numbers in score_rows(data)]
         return "\n".join(lines), rows, str(last.grid) if last.grid else None
 
-    @page.on_refresh([keep_box, summary, table, grid])
+    def mask_line(name: str) -> str:
+        from lbw.services.keep_draw import drawn_mask_counts
+
+        counts = drawn_mask_counts(ctx.store, name)
+        return t("tune.mask.none") if counts is None else t("tune.mask.current", kept=counts[0], total=counts[1])
+
+    @page.on_refresh([keep_box, summary, table, grid, editor, mask_note])
     def refresh(view: Any, session: dict[str, Any]) -> list[Any]:
+        from lbw.services.keep_draw import editor_background
         from lbw.services.tune_live import last_tune
 
         if view is None:
-            return [gr.skip(), "", gr.Dataframe(value=[], visible=False), gr.Image(value=None, visible=False)]
+            return [gr.skip(), "", gr.Dataframe(value=[], visible=False), gr.Image(value=None, visible=False),
+                    None, ""]
         if page.sheet_only(session):  # no tune ran since the last redraw
-            return [gr.skip()] * 4
+            return [gr.skip()] * 6
         text, rows, image = described(last_tune(ctx.store, view.name))
+        cell = editor_background(ctx.store, view.name)
+        background = str(cell) if cell is not None else np.full((view.settings.height, view.settings.width, 3), 255,
+                                                                 dtype=np.uint8)
         return [gr.Textbox(placeholder=view.settings.roi or ""), text, gr.Dataframe(value=rows, visible=bool(rows)),
-                gr.Image(value=image, visible=image is not None)]
+                gr.Image(value=image, visible=image is not None),
+                {"background": background, "layers": [], "composite": None}, mask_line(view.name)]
 
-    def start(session: dict[str, Any], box: Any, cells: Any, least: Any, kind: Any, held: Any, again: Any) -> Any:
+    def keep_drawn(session: dict[str, Any], value: Any) -> tuple[Any, ...]:
+        from lbw.services.keep_draw import save_drawn_mask
+
+        name, _ = page.checked(session)
+        _, kept, total = save_drawn_mask(ctx.store, name, value)
+        line = t("tune.mask.saved", kept=kept, total=total)
+        return "✓ " + line, line, True
+
+    page.action(save_mask.click, keep_drawn, [page.session, editor], [page.message, mask_note, use_mask])
+
+    def start(session: dict[str, Any], box: Any, drawn: Any, cells: Any, least: Any, kind: Any, held: Any,
+              again: Any) -> Any:
+        from lbw.errors import ProjectError
+        from lbw.services.keep_draw import drawn_mask
         from lbw.services.tune import run_tune
         from lbw.services.tune_live import TuneWatch, tune_form
         from lbw.services.workbench import device_key
 
         name, _ = page.checked(session)
         view = page.project(session)
-        options = tune_form(view, keep_box=box, budget=cells, strategy=kind, threshold=least, held_out=held,
-                            restart=bool(again))
+        mask = drawn_mask(ctx.store, name) if drawn else None
+        if drawn and mask is None:
+            raise ProjectError(t("tune.mask.missing"))
+        options = tune_form(view, keep_box=box, keep_mask=mask, budget=cells, strategy=kind, threshold=least,
+                            held_out=held, restart=bool(again))
         watch = TuneWatch(options.budget)
 
         def work(job: Any) -> Any:
@@ -142,8 +183,8 @@ def build(page: Any) -> None:
     def finish(report: Any, session: dict[str, Any]) -> tuple[Any, ...]:
         return "✓ " + t("tune.finished", winner=row_name(report.winner)), settled(session)
 
-    page.job_events(run_btn.click, start, finish, [page.session, keep_box, budget, threshold, strategy, held_out,
-                                                    restart], progress, job_state,
+    page.job_events(run_btn.click, start, finish, [page.session, keep_box, use_mask, budget, threshold, strategy,
+                                                    held_out, restart], progress, job_state,
                     line=line, changes=lambda job: job.detail.now().events if job.detail is not None else 0,
                     cancelled=t("tune.cancelled"), settle=settled)
     page.cancel_event(cancel_btn, job_state)
