@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 from lbw.services.projects import (
     create_project,
     get_iteration,
@@ -486,3 +488,44 @@ def test_auto_mistakes_are_one_readable_line(demo_server, page_factory):
     after = get_project(store, "auto-errors")
     assert (after.settings, after.sheet, after.version) == (before.settings, before.sheet, before.version)
     assert list_iterations(store, "auto-errors") == []
+
+
+def test_auto_keep_mask_drawn_on_the_cell_is_saved_where_painted(demo_server, page_factory, shoot):
+    from PIL import Image
+
+    from lbw.services.keep_draw import drawn_mask_path
+
+    store = store_of(demo_server)
+    _auto_project(store, "auto-mask")
+    page = page_factory("en")
+    open_project(page, demo_server, "auto-mask")
+    tab(page, "Sheet")
+    page.locator("#lbw-auto-mask-section button").first.click()       # open the drawing
+    canvas = page.locator("#lbw-auto-mask-editor canvas").first
+    expect(canvas).to_be_visible()
+    page.wait_for_timeout(500)
+    area = canvas.bounding_box()
+    x, y = area["x"] + area["width"] / 2 - 80, area["y"] + area["height"] / 2 - 40   # above the middle
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 21):                                          # a horizontal stroke, left to right
+        page.mouse.move(x + step * 8, y, steps=2)
+    page.mouse.up()
+    message = act(page, lambda: page.locator("#lbw-auto-mask-save").click(), "Drawn mask saved", redraw=False)
+    expect(page.locator("#lbw-auto-use-mask input")).to_be_checked()
+    settings = get_project(store, "auto-mask").settings
+    with Image.open(drawn_mask_path(store, "auto-mask")) as image:
+        mask = np.asarray(image) > 127
+    assert mask.shape == (settings.height, settings.width)
+    rows, columns = np.nonzero(mask)
+    assert f"{rows.size} of {mask.size} pixels kept" in message
+    # kept where painted: a band above the middle, wider than tall, nothing near the top or bottom edge
+    assert rows.size > 0 and rows.max() < settings.height / 2 and rows.min() > settings.height / 6
+    assert columns.max() - columns.min() > 3 * (rows.max() - rows.min())
+    shoot(page, "en-7-auto-mask", element=page.locator("#lbw-auto-mask-section"))
+    ja = page_factory("ja")
+    open_project(ja, demo_server, "auto-mask", "ja")
+    tab(ja, "シート")
+    ja.locator("#lbw-auto-mask-section button").first.click()
+    expect(ja.locator("#lbw-auto-mask-note")).to_contain_text(f"{rows.size} ピクセルを残します")
+    shoot(ja, "ja-7-auto-mask", element=ja.locator("#lbw-auto-mask-section"))

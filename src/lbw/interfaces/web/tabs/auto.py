@@ -14,6 +14,7 @@ from lbw.interfaces.web.i18n import MESSAGES
 
 STRATEGIES = ("tutorial", "search", "both")
 MASK_COLOUR = "#ff3b30"  # the brush: any painted pixel is kept, whatever its colour
+BLANK = 236  # the grey canvas to draw on before anything was rendered
 
 
 def build(page: Any) -> None:
@@ -107,11 +108,14 @@ def build(page: Any) -> None:
             return [gr.skip()] * 6
         text, rows, image = described(last_tune(ctx.store, view.name))
         cell = editor_background(ctx.store, view.name)
-        background = str(cell) if cell is not None else np.full((view.settings.height, view.settings.width, 3), 255,
-                                                                 dtype=np.uint8)
+        width, height = view.settings.width, view.settings.height
+        background = str(cell) if cell is not None else np.full((height, width, 3), BLANK, dtype=np.uint8)
+        brush = gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed",
+                         default_size=max(2, min(width, height) // 24))
         return [gr.Textbox(placeholder=view.settings.roi or ""), text, gr.Dataframe(value=rows, visible=bool(rows)),
                 gr.Image(value=image, visible=image is not None),
-                {"background": background, "layers": [], "composite": None}, mask_line(view.name)]
+                gr.ImageEditor(value={"background": background, "layers": [], "composite": None}, brush=brush),
+                mask_line(view.name)]
 
     def keep_drawn(session: dict[str, Any], value: Any) -> tuple[Any, ...]:
         from lbw.services.keep_draw import save_drawn_mask
