@@ -78,3 +78,13 @@ def test_user_errors_are_one_line_and_exit_2(workspace, capsys, args, message):
 def test_an_unknown_project_is_refused(workspace, capsys):
     assert run(["tune", "--project", "Nope", "--workspace", str(workspace)]) == 2
     assert capsys.readouterr().err == "lbw: error: no project named 'Nope'; `lbw project list` shows them\n"
+
+
+def test_lbw_tune_keep_mask_refusals_are_one_line(workspace, tmp_path, capsys):
+    bad = tmp_path / "face.png"
+    bad.write_bytes(b"not a png")
+    for extra, message in ((["--keep-box", "0,0,0.5,0.5", "--keep-mask", str(bad)], "not both"),
+                           (["--keep-mask", str(bad)], f"{bad}: not a readable PNG keep mask")):
+        code = run(["tune", "--project", "Face", "--workspace", str(workspace), *extra, *MACHINE])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("lbw: error: ") and message in err and err.count("\n") == 1, err
