@@ -3,12 +3,13 @@
 Takes the world model and its gobuhime LoRA (``lbw.world.assets``: green skin, long hair, hair ornament, choker, and
 the tutorial's side effect: its green leaks onto clothes and background), runs the Effective Block Analyzer over all
 26 blocks with the face as the region of interest, renders a Sub grid of the sheet it suggests, bakes the suggested
-weights, verifies the bake module by module, and measures the story: skin green and the green share on clothes and
-background for the LoRA off, at ALL and with the suggested weights, at the same seeds.
+weights, verifies the bake module by module, and measures the story for the LoRA off, at ALL and with the
+suggested weights, at the same seeds: skin green, the green share on clothes and background, and how far their
+colour moved from the LoRA-off picture (mean CIEDE2000: the green tint the LoRA leaves on them).
 
 Example:
     >>> result = run_world_demo(Path("lbw-demo"))
-    >>> result.numbers["ALL"]["background_green"] > result.numbers["suggested"]["background_green"]
+    >>> result.numbers["ALL"]["background_shift"] > result.numbers["suggested"]["background_shift"]
     True
 """
 
@@ -27,6 +28,7 @@ from lbw.services.plot import plan_from_sheet
 
 DEMO_REGION = FACE_REGION
 STORY_SEEDS = (11, 12, 13, 14)
+OFF_LABEL = "LoRA off"
 DEMO_THRESHOLD = 5  # pixel levels: the world's flat 64-px pictures (lbw.services.project_render.analysis_threshold)
 
 
@@ -63,7 +65,7 @@ def run_world_demo(
             kind="custom",
             layout=sheet.weights.layout.name,
             cells=(
-                Cell("LoRA off", (0.0,) * size),
+                Cell(OFF_LABEL, (0.0,) * size),
                 Cell("ALL", (1.0,) * size),
                 Cell("suggested", sheet.weights.numbers()),
             ),
@@ -81,13 +83,22 @@ def run_world_demo(
 
 
 def story_numbers(result: RunResult) -> dict[str, dict[str, float]]:
-    """Per cell of a story plan: skin green share of the pictures and the green share on clothes and background."""
+    """Per cell of a story plan: skin green share, identity parts, the green share on clothes and background, and
+    their colour shift (mean CIEDE2000) from the LoRA-off cell of the same seed."""
     from PIL import Image
 
     from lbw.world.evaluate import side_effect_numbers
+    from lbw.world.measure import colour_shift
 
-    images: dict[str, list[Image.Image]] = {}
+    images: dict[str, dict[int, Image.Image]] = {}
     for job, path in result.cell_paths.items():
         with Image.open(path) as image:
-            images.setdefault(job.cell.label, []).append(image.convert("RGB"))
-    return {label: side_effect_numbers(pictures) for label, pictures in images.items()}
+            images.setdefault(job.cell.label, {})[job.seed] = image.convert("RGB")
+    off = images.get(OFF_LABEL, {})
+    numbers = {}
+    for label, by_seed in images.items():
+        row = side_effect_numbers(list(by_seed.values()))
+        for part in ("clothes", "background"):  # the tint: CIEDE2000 against LoRA off at the same seed
+            row[f"{part}_shift"] = float(sum(colour_shift(by_seed[s], off[s], part) for s in by_seed) / len(by_seed))
+        numbers[label] = row
+    return numbers

@@ -152,10 +152,13 @@ def summarise_lora(
         "choker": float(np.mean([r.choker for r in readings])),
     }
     side: dict[str, dict[str, float]] = {}
+    shift: dict[str, float] = {}
     for part in ("clothes", "background"):
         with_lora = [measure.green_share(image, part) for image in lora_images]
         without = [measure.green_share(image, part) for image in base_images]
         side[part] = {"with_lora": float(np.mean(with_lora)), "base": float(np.mean(without))}
+        shift[part] = float(np.mean([measure.colour_shift(a, b, part) for a, b in zip(lora_images, base_images,
+                                                                                      strict=True)]))
     kept = [
         measure.read(image).matches(prompts[i // seeds])
         for i, image in enumerate(lora_images)
@@ -165,6 +168,7 @@ def summarise_lora(
         "green_skin": green_skin,
         "identity_present": identity,
         "green_share": side,
+        "colour_shift": shift,
         "caption_colours_kept": {
             region: float(np.mean([k[region] for k in kept])) for region in ("hair", "clothes", "background")
         },

@@ -139,6 +139,20 @@ def read(image: Image.Image | np.ndarray) -> Reading:
     )
 
 
+def colour_shift(image: Image.Image | np.ndarray, reference: Image.Image | np.ndarray, part: str) -> float:
+    """Mean CIEDE2000 difference between two pictures of the same caption and seed over a region's core pixels:
+    how far a LoRA moved that region's colour (a tint counts, even when every pixel keeps its palette name).
+
+    Example:
+        >>> colour_shift(picture, picture, "background")
+        0.0
+    """
+    mask = generator.core_masks()[part]
+    a, b = (np.asarray(p.convert("RGB") if isinstance(p, Image.Image) else p, dtype=np.float64)[mask]
+            for p in (image, reference))
+    return float(colour_distance(a, b).mean())
+
+
 def green_share(image: Image.Image | np.ndarray, part: str) -> float:
     """Fraction of a region's core pixels whose colour is nearer the LoRA's green than the region's own palette.
 

@@ -139,11 +139,15 @@ def print_story(result: Any) -> None:
     """The tutorial's story in numbers: the face kept, the green outside it before and after."""
     from lbw.interfaces.cli.render import print_plot
 
-    print("The side effect (share of pixels nearer the LoRA's green than their own palette), same seeds:")
-    print(f"  {'cell':<10} {'green skin':>10} {'clothes':>8} {'background':>10} {'ornament':>8} {'choker':>7}")
+    print("The effect and the side effect, same seeds (green skin and the identity parts: share of pictures; clothes "
+          "and background: how far their colour moved from the LoRA-off picture, mean CIEDE2000, and the share of "
+          "their pixels nearer the LoRA's green than their own colour):")
+    print(f"  {'cell':<10} {'green skin':>10} {'ornament':>8} {'choker':>7} {'clothes moved':>14} "
+          f"{'background moved':>17} {'green clothes':>13} {'green bg':>8}")
     for label, row in result.numbers.items():
-        print(f"  {label:<10} {row['skin_green']:>10.0%} {row['clothes_green']:>8.0%} {row['background_green']:>10.0%}"
-              f" {row['ornament']:>8.0%} {row['choker']:>7.0%}")
+        print(f"  {label:<10} {row['skin_green']:>10.0%} {row['ornament']:>8.0%} {row['choker']:>7.0%} "
+              f"{row['clothes_shift']:>14.1f} {row['background_shift']:>17.1f} {row['clothes_green']:>13.0%} "
+              f"{row['background_green']:>8.0%}")
     print_plot(result.story)
 
 

@@ -160,7 +160,9 @@ def evaluate_command(
         effect = report["lora"]
         print(f"LoRA {lora}: green skin {effect['green_skin']:.1%}; identity {effect['identity_present']}")
         for part, shares in effect["green_share"].items():
-            print(f"  green on {part}: {shares['with_lora']:.1%} with the LoRA, {shares['base']:.1%} without")
+            shift = effect["colour_shift"][part]
+            print(f"  green on {part}: {shares['with_lora']:.1%} with the LoRA, {shares['base']:.1%} without; "
+                  f"colour moved by the LoRA: {shift:.1f} CIEDE2000 (same caption and seed)")
     print(f"{report['seconds']:.0f} s")
     if out is not None:
         write_text_atomic(out, json.dumps(report, indent=2) + "\n")
