@@ -1,4 +1,4 @@
-"""Benchmark: the built-in world at the demo's settings (64x64, 12 DPM++ 2M steps, CFG 5).
+"""Benchmark: the built-in world at the demo's settings (64x64, 8 DPM++ 2M steps, CFG 5).
 
 Issue #9's speed targets: one image in at most 0.3 s on this CPU, and the demo's analyzer (26 blocks + the source,
 2 seeds: 54 images) under 30 s. Renders the analyzer plan of the world's gobuhime LoRA with lbw's diffusers backend

@@ -7,9 +7,10 @@ project (the world's gobuhime, the face as the keep box):
 - ``both``: ``run_tune(strategy="both", budget=B)``: the tutorial, then the search seeded with its result.
 - ``random``: ``run_tune(strategy="random", budget=5B)``: Optuna's random sampler over the same grid.
 - ``exhaustive``: the ``K`` blocks of largest analyzer Diff % (the ``both`` arm's analyzer run) take every
-  combination of ``--values`` (the other blocks stay at 1, as in ALL), scored on the tuning seeds with the same
-  scorer; the best by the tune's goal is then rendered at the held-out seeds. It says whether the target (side
-  effect at most half of ALL's with effect kept >= the threshold) is reachable by moving those blocks at all.
+  combination of ``--values`` (the other blocks at ``--others``: 1 as in ALL, or 0), scored on the tuning seeds
+  with the same scorer; the best by the tune's goal is then rendered at the held-out seeds. It says whether the
+  target (side effect at most half of ALL's with effect kept >= the threshold) is reachable by moving those blocks
+  at all.
 
 Prints a Markdown table (mean ± spread over seeds) and writes ``proof.json`` in ``--out``.
 
@@ -65,7 +66,7 @@ def run_arm(folder: Path, strategy: str, budget: int, seeds: tuple[int, ...], he
 
 
 def run_exhaustive(folder: Path, blocks: int, values: tuple[float, ...], seeds: tuple[int, ...],
-                   held: tuple[int, ...], threshold: float) -> dict[str, Any]:
+                   held: tuple[int, ...], threshold: float, others: float = 1.0) -> dict[str, Any]:
     """Every combination of ``values`` on the ``blocks`` blocks of largest Diff % in ``folder``'s analyzer run."""
     from lbw.render.scorers import DEFAULT_SCORER, load_scorer
     from lbw.render.scores import keep_mask
@@ -83,7 +84,7 @@ def run_exhaustive(folder: Path, blocks: int, values: tuple[float, ...], seeds: 
     ids = view.sheet.layout.ids
     vectors = []
     for combo in itertools.product(values, repeat=len(chosen)):
-        vector = [1.0] * len(ids)
+        vector = [others] * len(ids)
         for block, value in zip(chosen, combo, strict=True):
             vector[ids.index(block)] = value
         vectors.append(vector)
@@ -109,7 +110,8 @@ def run_exhaustive(folder: Path, blocks: int, values: tuple[float, ...], seeds: 
     finally:
         engine.close()
     feasible = [s for s, _ in table if s.effect >= threshold]
-    return {"blocks": chosen, "values": list(values), "vectors": len(vectors), "cells": cells.budget.total,
+    return {"blocks": chosen, "values": list(values), "others": others, "vectors": len(vectors),
+            "cells": cells.budget.total,
             "seconds": time.monotonic() - began, "feasible": len(feasible),
             "least_side_feasible": min((s.side for s in feasible), default=None),
             "most_effect": max(s.effect for s, _ in table),
@@ -142,7 +144,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
     ex = result.get("exhaustive")
     if ex:
         best = ex["best"]
-        lines.append(f"| exhaustive best ({len(ex['blocks'])} blocks x {len(ex['values'])} values) | {ex['cells']} "
+        lines.append(f"| exhaustive best ({len(ex['blocks'])} blocks x {len(ex['values'])} values, others "
+                     f"{ex['others']:g}) | {ex['cells']} "
                      f"| {_cell(best['tuning'], 'effect')} | {_cell(best['held_out'], 'effect')} "
                      f"| {_cell(best['tuning'], 'side')} | {_cell(best['held_out'], 'side')} |")
     return lines
@@ -158,6 +161,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="11,12")
     parser.add_argument("--held-out", default="13,14")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--others", type=float, default=1.0, help="value of the blocks the exhaustive grid leaves")
     parser.add_argument("--skip", default="", help="arms to skip: both, random, exhaustive")
     args = parser.parse_args()
     import torch
@@ -173,7 +177,8 @@ def main() -> None:
                                       args.threshold))
     if "exhaustive" not in skip:
         values = tuple(float(v) for v in args.values.split(","))
-        result["exhaustive"] = run_exhaustive(args.out / "both", args.blocks, values, seeds, held, args.threshold)
+        result["exhaustive"] = run_exhaustive(args.out / "both", args.blocks, values, seeds, held, args.threshold,
+                                              args.others)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "proof.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print("\n".join(markdown(result)))
