@@ -27,16 +27,6 @@ BOX_MASK = keep_mask(BOX, 64, 64)  # pixels 16..47 x 13..44
 NOISE = (np.random.default_rng(0).random((64, 64)) > 0.5).astype(np.uint8) * 255  # about 1 KB as a PNG
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    import torch
-
-    from lbw.services.demo_render import build_demo_assets
-
-    torch.set_num_threads(1)
-    return build_demo_assets(tmp_path_factory.mktemp("assets"))
-
-
 def _project(tmp_path: Path, assets):
     model, lora = assets
     settings = ProjectSettings(lora=str(lora), model=str(model), prompt=DEMO_PROMPT, negative="lowres", width=64,

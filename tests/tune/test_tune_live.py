@@ -31,16 +31,6 @@ OPEN = ("BASE", "IN01", "OUT00", "OUT03", "OUT07", "OUT11")
 BOX = "0.25,0.2,0.75,0.7"
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    import torch
-
-    from lbw.services.demo_render import build_demo_assets
-
-    torch.set_num_threads(1)
-    return build_demo_assets(tmp_path_factory.mktemp("assets"))
-
-
 def _project(tmp_path: Path, assets, name: str = "Face", **changes):
     model, lora = assets
     settings = ProjectSettings(lora=str(lora), model=str(model), prompt=DEMO_PROMPT, negative="lowres", width=64,
