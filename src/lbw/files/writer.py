@@ -4,7 +4,9 @@ Both write through ``lbw.files.atomic.atomic_path`` and produce exactly the layo
 writes (compact JSON header, ``__metadata__`` first, tensors ordered by dtype then name, header padded with
 spaces to a multiple of 8). Both set ``sshs_model_hash`` and ``sshs_legacy_hash`` from the bytes as written,
 so the stored hash equals the file's addnet hash. ``rewrite_metadata`` copies the data region byte for byte
-(streamed, no tensor decode), so tensor bytes and the addnet hash never change.
+(streamed, no tensor decode), so tensor bytes and the addnet hash never change. ``save_lora`` also takes
+``LazyTensors``: names, dtypes and shapes up front, each tensor produced only when its bytes are written, so a
+large file is written with only a few of its tensors in memory at once.
 
 Example:
     >>> tensors = {"m.lora_up.weight": up, "m.lora_down.weight": down}
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import queue
 import threading
@@ -95,6 +98,25 @@ class WrittenFile:
     size: int
 
 
+@dataclass(frozen=True)
+class LazyTensors:
+    """Tensors announced by dtype and shape, produced one at a time while ``save_lora`` writes them.
+
+    ``specs`` maps each name to (torch dtype, shape). ``produce(name)`` is called once per name, in the order
+    the data are written (safetensors' order: dtype, then name), and must return a tensor of exactly that dtype
+    and shape: the header is already out, so anything else is an OutputError (an internal error of the
+    producer). The writer keeps each tensor only until its bytes are written and hashed.
+
+    Example:
+        >>> lazy = LazyTensors({"m.alpha": (torch.float32, ())}, lambda name: torch.tensor(4.0))
+        >>> save_lora(lazy, None, "a.safetensors").model_hash == addnet_hash("a.safetensors")
+        True
+    """
+
+    specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+    produce: Callable[[str], torch.Tensor]
+
+
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
     """A copy of ``metadata`` after checking every key and value is a string (safetensors requires it)."""
     result: dict[str, str] = {}
@@ -108,7 +130,7 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def save_lora(
-    tensors: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor] | LazyTensors,
     metadata: Mapping[str, str] | None,
     dest: str | os.PathLike[str],
     *,
@@ -131,6 +153,9 @@ def save_lora(
     place of ``metadata``, which then only holds placeholders of the same encoded length (e.g. a source hash
     still being computed on another thread, given as 64 zeros). A different header length is an OutputError.
 
+    With ``LazyTensors``, each tensor is produced when its turn comes and dropped once written and hashed; the
+    hashing thread may lag behind the writer by at most ``_BackgroundSha256.LAG`` bytes of such tensors.
+
     >>> save_lora(tensors, {"ss_network_dim": "8"}, "out.safetensors").model_hash[:12]
     '5d41402abc4b'
     """
@@ -148,12 +173,15 @@ def save_lora(
     ):
         out.write(prefix)
         with _BackgroundSha256(enabled=hashes) as digest:
-            for entry, data in zip(entries, datas, strict=True):
+            for index, entry in enumerate(entries):
+                data = datas[index] if datas is not None else _produced(tensors, entry)
+                owner = data if datas is None else None  # a produced tensor lives until hashed, then goes
                 view = _bytes_of(data)
                 out.write(view)
-                digest.update(view)
+                digest.update(view, owner)
                 if window is not None:
                     window.capture(entry.begin, view)
+                del view, data, owner
             if final_metadata is None and not hashes:
                 md_final = md
             else:
@@ -305,33 +333,62 @@ def _file_reader(source, data_start: int) -> Callable[[int, int], bytes]:
     return read
 
 
-def _layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[TensorInfo], list[torch.Tensor]]:
-    """Header entries and contiguous CPU tensors of ``tensors``, in safetensors' data order."""
-    import torch
-
+def _layout(
+    tensors: Mapping[str, torch.Tensor] | LazyTensors,
+) -> tuple[list[TensorInfo], list[torch.Tensor] | None]:
+    """Header entries, in safetensors' data order, and the contiguous CPU tensors in that order (None for
+    ``LazyTensors``: produced while writing)."""
     rows = []
-    for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise OutputError(f"tensor {name!r} is a {type(tensor).__name__}, expected a torch.Tensor")
-        dtype = _TORCH_DTYPES.get(str(tensor.dtype))
-        if dtype is None:
-            raise OutputError(
-                f"tensor {name!r} has dtype {tensor.dtype}, which safetensors files cannot hold"
-            )
-        data = tensor.detach() if tensor.requires_grad else tensor
-        if data.device.type != "cpu":
-            data = data.cpu()
-        if not data.is_contiguous():
-            data = data.contiguous()
-        rows.append((DTYPE_ORDER.index(dtype), name, dtype, tuple(tensor.shape), data))
+    if isinstance(tensors, LazyTensors):
+        for name, (torch_dtype, shape) in tensors.specs.items():
+            dtype = _safetensors_dtype(name, torch_dtype)
+            shape = tuple(int(size) for size in shape)
+            rows.append((DTYPE_ORDER.index(dtype), name, dtype, shape, math.prod(shape) * torch_dtype.itemsize, None))
+    else:
+        for name, tensor in tensors.items():
+            data = _cpu_contiguous(name, tensor)
+            dtype = _safetensors_dtype(name, tensor.dtype)
+            rows.append((DTYPE_ORDER.index(dtype), name, dtype, tuple(tensor.shape),
+                         data.numel() * data.element_size(), data))
     rows.sort(key=lambda row: (row[0], row[1]))
     entries, datas, offset = [], [], 0
-    for _, name, dtype, shape, data in rows:
-        nbytes = data.numel() * data.element_size()
+    for _, name, dtype, shape, nbytes, data in rows:
         entries.append(TensorInfo(name, dtype, shape, offset, offset + nbytes))
         datas.append(data)
         offset += nbytes
-    return entries, datas
+    return entries, None if isinstance(tensors, LazyTensors) else datas
+
+
+def _safetensors_dtype(name: str, dtype: torch.dtype) -> str:
+    found = _TORCH_DTYPES.get(str(dtype))
+    if found is None:
+        raise OutputError(f"tensor {name!r} has dtype {dtype}, which safetensors files cannot hold")
+    return found
+
+
+def _cpu_contiguous(name: str, tensor: object) -> torch.Tensor:
+    """``tensor`` detached, on the CPU and contiguous (copied only where needed)."""
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise OutputError(f"tensor {name!r} is a {type(tensor).__name__}, expected a torch.Tensor")
+    data = tensor.detach() if tensor.requires_grad else tensor
+    if data.device.type != "cpu":
+        data = data.cpu()
+    if not data.is_contiguous():
+        data = data.contiguous()
+    return data
+
+
+def _produced(tensors: Mapping[str, torch.Tensor] | LazyTensors, entry: TensorInfo) -> torch.Tensor:
+    """The tensor of ``entry`` from ``LazyTensors.produce``, refused unless it has the announced dtype and shape."""
+    assert isinstance(tensors, LazyTensors)
+    data = _cpu_contiguous(entry.name, tensors.produce(entry.name))
+    dtype = _TORCH_DTYPES.get(str(data.dtype))
+    if dtype != entry.dtype or tuple(data.shape) != entry.shape:
+        raise OutputError(f"internal error: tensor {entry.name!r} came as {data.dtype} {list(data.shape)}, "
+                          f"announced as {entry.dtype} {list(entry.shape)}")
+    return data
 
 
 def _bytes_of(data: torch.Tensor) -> memoryview:
@@ -367,14 +424,19 @@ class _LegacyWindow:
 
 class _BackgroundSha256:
     """SHA-256 of the bytes given to ``update``, computed on a background thread so hashing overlaps with
-    writing (hashlib releases the GIL on large inputs). Views must stay unchanged until ``hexdigest``; small
-    ones are batched into one copy. Leaving the ``with`` block on an error stops the thread."""
+    writing (hashlib releases the GIL on large inputs). Views must stay unchanged until ``hexdigest``, or until
+    hashed when given with their ``owner`` (which is kept alive until then; ``update`` waits while more than
+    ``LAG`` bytes of owned views are not hashed yet, so memory stays bounded). Small views are batched into one
+    copy. Leaving the ``with`` block on an error stops the thread."""
 
     _SMALL = 1 << 16
+    LAG = 64 << 20
 
     def __init__(self, *, enabled: bool = True) -> None:
         self._enabled = enabled
-        self._queue: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[bytes | memoryview, object, int] | None] = queue.SimpleQueue()
+        self._lagging = 0  # bytes of owned views queued, not hashed yet
+        self._room = threading.Condition()
         self._pending = bytearray()
         self._digest = hashlib.sha256()
         self._stop = False
@@ -394,8 +456,8 @@ class _BackgroundSha256:
             self._stop = True
         self._finish()
 
-    def update(self, view: memoryview) -> None:
-        """Queue ``view`` for hashing (in order)."""
+    def update(self, view: memoryview, owner: object = None) -> None:
+        """Queue ``view`` for hashing (in order); ``owner``, when given, is held until the view is hashed."""
         if not self._enabled:
             return
         if view.nbytes < self._SMALL:
@@ -404,7 +466,13 @@ class _BackgroundSha256:
                 self._flush()
             return
         self._flush()
-        self._queue.put(view)
+        owned = view.nbytes if owner is not None else 0
+        if owned:
+            with self._room:
+                while self._lagging and self._lagging + owned > self.LAG and self._thread.is_alive():
+                    self._room.wait(0.5)
+                self._lagging += owned
+        self._queue.put((view, owner, owned))
 
     def hexdigest(self) -> str:
         """The digest of everything given to ``update`` (waits for the thread)."""
@@ -418,7 +486,7 @@ class _BackgroundSha256:
 
     def _flush(self) -> None:
         if self._pending:
-            self._queue.put(bytes(self._pending))
+            self._queue.put((bytes(self._pending), None, 0))
             self._pending.clear()
 
     def _finish(self) -> None:
@@ -431,9 +499,18 @@ class _BackgroundSha256:
     def _run(self) -> None:
         try:
             while (item := self._queue.get()) is not None:
-                if not self._stop:
-                    self._digest.update(item)
-        except BaseException as error:  # reported by hexdigest
-            self._error = error
-            while self._queue.get() is not None:
-                pass
+                data, _, owned = item
+                try:
+                    if not self._stop and self._error is None:
+                        self._digest.update(data)
+                except BaseException as error:  # reported by hexdigest; the queue is still drained
+                    self._error = error
+                finally:
+                    del data, item
+                    if owned:
+                        with self._room:
+                            self._lagging -= owned
+                            self._room.notify()
+        finally:
+            with self._room:
+                self._room.notify_all()
