@@ -1,7 +1,8 @@
 """Benchmark ``lbw bake`` and ``lbw merge`` against a plain safetensors load + save of the same file.
 
 Synthetic SDXL rank-32 fp16 LoRAs (lbw's fixtures, ~228 MB each) are written to a temporary folder. Each repeat
-runs every case once, in turn, so that machine load hits all of them alike; the medians are printed:
+runs every case once, in turn, so that machine load hits all of them alike, each after an ``os.sync`` (untimed:
+the disk writes of one case must not slow the next); the medians are printed:
 - floor: ``safetensors.torch.load_file`` + ``save_file`` of the input (the practical floor for any rewrite);
 - floor+: the floor plus what the issue requires of every write, done one after the other: SHA-256 of the
   written data region (``sshs_model_hash``, read back from the page cache through a 1 MiB buffer; the legacy
@@ -143,6 +144,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, action in cases.items():
                 out.unlink(missing_ok=True)
+                os.sync()  # the previous case's data reach the disk first, not during this case
                 begin = time.perf_counter()
                 action()
                 times[name].append(time.perf_counter() - begin)

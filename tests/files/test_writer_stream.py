@@ -6,12 +6,14 @@ from __future__ import annotations
 import builtins
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save
 
+import lbw.files.write_pass as write_pass
 import lbw.files.writer as writer
 from lbw.errors import OutputError
 from lbw.files.hashes import addnet_hash, stored_and_computed
@@ -142,10 +144,10 @@ def test_a_lazy_tensor_unlike_its_announcement_is_refused_and_nothing_is_left(tm
     assert not [t for t in threading.enumerate() if t.name == "lbw-sha256"]
 
 
-def test_lazy_tensors_are_dropped_once_written_and_hashed(tmp_path: Path, monkeypatch) -> None:
+def test_lazy_tensors_are_dropped_once_written_and_hashed_from_the_file(tmp_path: Path, monkeypatch) -> None:
     import weakref
 
-    monkeypatch.setattr(writer._BackgroundSha256, "LAG", 3 << 20)  # at most 3 MiB not hashed yet
+    monkeypatch.setattr(write_pass.FileSha256, "BATCH", 3 << 20)  # hashed from the file 3 MiB at a time
     alive: list[weakref.ref] = []
     most = 0
 
@@ -157,8 +159,51 @@ def test_lazy_tensors_are_dropped_once_written_and_hashed(tmp_path: Path, monkey
         return tensor
 
     specs = {f"t{i:02d}": (torch.float32, (1 << 18,)) for i in range(40)}
-    written = save_lora(writer.LazyTensors(specs, produce), None, tmp_path / "a.safetensors")
-    assert len(alive) == 40 and most <= 4  # the lag allowed (3) and the one being written
+    written = save_lora(writer.LazyTensors(specs, produce), {"ss_a": "b"}, tmp_path / "a.safetensors")
+    assert len(alive) == 40 and most == 0  # each one gone before the next is made
     assert written.model_hash == addnet_hash(tmp_path / "a.safetensors")
+    assert stored_and_computed(tmp_path / "a.safetensors")["legacy_computed"] == written.legacy_hash
     data = (tmp_path / "a.safetensors").read_bytes()[read_header(tmp_path / "a.safetensors").data_start :]
     assert data == b"".join(torch.full((1 << 18,), float(i)).numpy().tobytes() for i in range(40))
+
+
+def test_a_failed_early_writeback_is_reported_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    calls = []
+
+    def failing(fd: int) -> None:  # the background sync only: the writer's own final sync is the real one
+        calls.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    def produce(name: str) -> torch.Tensor:
+        if name >= "t3":  # the sync started after t0 (1 MiB): let it run before the data end
+            for _ in range(500):
+                if calls:
+                    break
+                time.sleep(0.01)
+        return torch.zeros(1 << 18)
+
+    monkeypatch.setattr(write_pass.Writeback, "STEP", 1 << 20)
+    monkeypatch.setattr(write_pass, "datasync", failing)
+    lazy = writer.LazyTensors({f"t{i}": (torch.float32, (1 << 18,)) for i in range(6)}, produce)  # 1 MiB each
+    with pytest.raises(OutputError, match="cannot write: Input/output error; nothing was written"):
+        save_lora(lazy, None, tmp_path / "a.safetensors")
+    assert calls and list(tmp_path.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name in ("lbw-sha256", "lbw-writeback")]
+
+
+def test_the_output_is_hashed_without_a_memory_map_where_the_file_system_has_none(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    import errno
+
+    def no_map(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(write_pass.FileSha256, "BATCH", 1 << 20)
+    monkeypatch.setattr(write_pass.mmap, "mmap", no_map)
+    values = {f"t{i}": torch.full((300_000,), float(i)) for i in range(5)}  # 1.2 MB each: hashed in parts
+    written = save_lora(values, {"ss_a": "b"}, tmp_path / "a.safetensors")
+    monkeypatch.undo()
+    assert written.model_hash == addnet_hash(tmp_path / "a.safetensors")
+    assert stored_and_computed(tmp_path / "a.safetensors")["legacy_computed"] == written.legacy_hash

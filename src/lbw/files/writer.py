@@ -24,8 +24,6 @@ import ctypes
 import hashlib
 import math
 import os
-import queue
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ from lbw.files.hashes import (
 from lbw.files.header_encoding import HeaderEncoder, encode_header
 from lbw.files.locks import LOCK_WAIT_S, target_lock
 from lbw.files.safetensors_header import TensorInfo, read_header
+from lbw.files.write_pass import FileSha256, Writeback, datasync
 
 if TYPE_CHECKING:
     import torch
@@ -105,7 +104,7 @@ class LazyTensors:
     ``specs`` maps each name to (torch dtype, shape). ``produce(name)`` is called once per name, in the order
     the data are written (safetensors' order: dtype, then name), and must return a tensor of exactly that dtype
     and shape: the header is already out, so anything else is an OutputError (an internal error of the
-    producer). The writer keeps each tensor only until its bytes are written and hashed.
+    producer). The writer keeps each tensor only until its bytes are written.
 
     Example:
         >>> lazy = LazyTensors({"m.alpha": (torch.float32, ())}, lambda name: torch.tensor(4.0))
@@ -145,16 +144,16 @@ def save_lora(
     it is an OutputError at once, or, with ``force``, awaited.
 
     One pass: the header goes out with placeholder hashes of their final length, each tensor's bytes are
-    written straight from the tensor (no serialised copy) while a background thread hashes the same bytes
-    (hashlib releases the GIL), then the header is rewritten in place with the hashes. The temporary file is
-    fsynced before the rename (``atomic_path``), so an interrupted write leaves nothing at ``dest``.
+    written straight from the tensor (no serialised copy) while a background thread hashes them from the file,
+    several MiB at a time (hashlib releases the GIL), then the header is rewritten in place with the hashes.
+    The temporary file is fsynced before the rename (``atomic_path``), so an interrupted write leaves nothing
+    at ``dest``.
 
     ``final_metadata``, when given, is called once the data are written and returns the metadata to store in
     place of ``metadata``, which then only holds placeholders of the same encoded length (e.g. a source hash
     still being computed on another thread, given as 64 zeros). A different header length is an OutputError.
 
-    With ``LazyTensors``, each tensor is produced when its turn comes and dropped once written and hashed; the
-    hashing thread may lag behind the writer by at most ``_BackgroundSha256.LAG`` bytes of such tensors.
+    With ``LazyTensors``, each tensor is produced when its turn comes and dropped once written.
 
     >>> save_lora(tensors, {"ss_network_dim": "8"}, "out.safetensors").model_hash[:12]
     '5d41402abc4b'
@@ -172,21 +171,23 @@ def save_lora(
         open(tmp, "wb") as out,
     ):
         out.write(prefix)
-        with _BackgroundSha256(enabled=hashes) as digest:
-            for index, entry in enumerate(entries):
-                data = datas[index] if datas is not None else _produced(tensors, entry)
-                owner = data if datas is None else None  # a produced tensor lives until hashed, then goes
-                view = _bytes_of(data)
-                out.write(view)
-                digest.update(view, owner)
-                if window is not None:
-                    window.capture(entry.begin, view)
-                del view, data, owner
+        with FileSha256(tmp, len(prefix), out, enabled=hashes) as digest:
+            with Writeback(out) as writeback:
+                for index, entry in enumerate(entries):
+                    data = datas[index] if datas is not None else _produced(tensors, entry)
+                    view = _bytes_of(data)
+                    out.write(view)  # a produced tensor goes with ``data``: its bytes are in the file now
+                    writeback.wrote(view.nbytes)
+                    digest.wrote(len(prefix) + entry.end)
+                    if window is not None:
+                        window.capture(entry.begin, view)
+                    del view, data
             if final_metadata is None and not hashes:
                 md_final = md
             else:
                 out.flush()
-                _datasync(out.fileno())  # write the data back while the hash finishes; atomic_path fsyncs again
+                digest.wrote(len(prefix) + (entries[-1].end if entries else 0), last=True)
+                datasync(out.fileno())  # write the data back while the hash finishes; atomic_path fsyncs again
                 md_final = md if final_metadata is None else check_metadata(final_metadata())
                 if hashes:
                     assert window is not None
@@ -202,10 +203,6 @@ def save_lora(
     model_hash = md_final.get(MODEL_HASH_KEY) if hashes and md_final is not None else None
     legacy_hash = md_final.get(LEGACY_HASH_KEY) if hashes and md_final is not None else None
     return WrittenFile(dest, model_hash, legacy_hash, len(prefix) + (entries[-1].end if entries else 0))
-
-
-# fdatasync where the platform has it (not macOS), else fsync.
-_datasync = getattr(os, "fdatasync", os.fsync)
 
 
 def _with_hashes(md: dict[str, str] | None, hashes: bool, model: str, legacy: str) -> dict[str, str] | None:
@@ -420,97 +417,3 @@ class _LegacyWindow:
             raise OutputError("internal error: the ss_* metadata changed length when its final values were set")
         data = bytes(self._data)
         return legacy_slice_hash(prefix, lambda offset, length: data[offset - self._begin :][:length])
-
-
-class _BackgroundSha256:
-    """SHA-256 of the bytes given to ``update``, computed on a background thread so hashing overlaps with
-    writing (hashlib releases the GIL on large inputs). Views must stay unchanged until ``hexdigest``, or until
-    hashed when given with their ``owner`` (which is kept alive until then; ``update`` waits while more than
-    ``LAG`` bytes of owned views are not hashed yet, so memory stays bounded). Small views are batched into one
-    copy. Leaving the ``with`` block on an error stops the thread."""
-
-    _SMALL = 1 << 16
-    LAG = 64 << 20
-
-    def __init__(self, *, enabled: bool = True) -> None:
-        self._enabled = enabled
-        self._queue: queue.SimpleQueue[tuple[bytes | memoryview, object, int] | None] = queue.SimpleQueue()
-        self._lagging = 0  # bytes of owned views queued, not hashed yet
-        self._room = threading.Condition()
-        self._pending = bytearray()
-        self._digest = hashlib.sha256()
-        self._stop = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="lbw-sha256", daemon=True)
-        self._result: str | None = None
-
-    def __enter__(self) -> _BackgroundSha256:
-        if self._enabled:
-            self._thread.start()
-        return self
-
-    def __exit__(self, kind: object, error: object, traceback: object) -> None:
-        if not self._enabled:
-            return
-        if error is not None:
-            self._stop = True
-        self._finish()
-
-    def update(self, view: memoryview, owner: object = None) -> None:
-        """Queue ``view`` for hashing (in order); ``owner``, when given, is held until the view is hashed."""
-        if not self._enabled:
-            return
-        if view.nbytes < self._SMALL:
-            self._pending += view
-            if len(self._pending) >= self._SMALL:
-                self._flush()
-            return
-        self._flush()
-        owned = view.nbytes if owner is not None else 0
-        if owned:
-            with self._room:
-                while self._lagging and self._lagging + owned > self.LAG and self._thread.is_alive():
-                    self._room.wait(0.5)
-                self._lagging += owned
-        self._queue.put((view, owner, owned))
-
-    def hexdigest(self) -> str:
-        """The digest of everything given to ``update`` (waits for the thread)."""
-        if not self._enabled:
-            raise OutputError("internal error: hashing was not enabled")
-        self._finish()
-        if self._error is not None:
-            raise OutputError(f"internal error while hashing the output: {self._error}")
-        assert self._result is not None
-        return self._result
-
-    def _flush(self) -> None:
-        if self._pending:
-            self._queue.put((bytes(self._pending), None, 0))
-            self._pending.clear()
-
-    def _finish(self) -> None:
-        if self._result is None:
-            self._flush()
-            self._queue.put(None)
-            self._thread.join()
-            self._result = self._digest.hexdigest()
-
-    def _run(self) -> None:
-        try:
-            while (item := self._queue.get()) is not None:
-                data, _, owned = item
-                try:
-                    if not self._stop and self._error is None:
-                        self._digest.update(data)
-                except BaseException as error:  # reported by hexdigest; the queue is still drained
-                    self._error = error
-                finally:
-                    del data, item
-                    if owned:
-                        with self._room:
-                            self._lagging -= owned
-                            self._room.notify()
-        finally:
-            with self._room:
-                self._room.notify_all()

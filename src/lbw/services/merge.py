@@ -12,11 +12,11 @@ With ``rank`` (``conv_rank`` for k×k convs, default ``rank``), each merged modu
 compressed by truncated SVD of the exact sum, and the relative Frobenius error is reported per block and
 overall; nothing is clamped. Modules with a bias delta or 1-D norms stay exact.
 
-This module runs the merge (lock, the two passes, atomic write): pass 1 merges every module name and records
-what it writes, pass 2 merges each module again as the writer reaches it, so only a few modules are in memory
-at once (``merge_stream``). One module name is merged by ``merge_join.merge_module``, compression lives in
-``merge_compress``, key naming and casts in ``tensor_output``, metadata in ``bake_metadata``, destination checks
-in ``outputs``.
+This module runs the merge (lock, the two passes, atomic write): pass 1 records what every module name writes
+(merging it where that is not known in advance), pass 2 merges each module as the writer reaches it, so only a
+few modules are in memory at once (``merge_stream``, ``merge_specs``). One module name is merged by
+``merge_join.merge_module``, compression lives in ``merge_compress``, key naming and casts in ``tensor_output``,
+metadata in ``bake_metadata``, destination checks in ``outputs``.
 
 Example:
     >>> sources = [open_source(s, Defaults()) for s in split_specs(["a.safetensors:0.8:OUTALL", "b.safetensors"])]
@@ -133,15 +133,14 @@ def _merge_locked(
     alphas: set[float | None] = set()
     try:
         with bulk_mode(single_thread=options.rank is None):
-            for done, name in enumerate(names, start=1):  # pass 1: every module merged, its tensors dropped
+            for done, name in enumerate(names, start=1):  # pass 1: what every module writes
                 planned = stream.plan(name)
                 if planned is not None:
-                    how, roles = planned
+                    how, rank, alpha = planned
                     counts[how] += 1
-                    if "lora_down" in roles:
-                        rank = int(roles["lora_down"].shape[0])
+                    if rank is not None:
                         ranks.add(rank)
-                        alphas.add(float(roles["alpha"]) if "alpha" in roles else float(rank))
+                        alphas.add(alpha)
                 if progress is not None:
                     progress(done, 2 * len(names))
             if not stream.specs:
@@ -151,7 +150,7 @@ def _merge_locked(
             def metadata_with(hashes: Sequence[str]) -> dict[str, str]:
                 return merged_metadata(sources, hashes, dest, options, dim_alpha)
 
-            # Pass 2: the modules merged again as the writer reaches them. The source hashes may still be running:
+            # Pass 2: the modules merged as the writer reaches them. The source hashes may still be running:
             # the header is written with placeholders of their length and completed once the data are out.
             written_file = save_lora(stream.lazy(), metadata_with(["0" * 64] * len(sources)), dest,
                                      force=options.force,
