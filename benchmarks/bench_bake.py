@@ -1,16 +1,21 @@
 """Benchmark ``lbw bake`` and ``lbw merge`` against a plain safetensors load + save of the same file.
 
 Synthetic SDXL rank-32 fp16 LoRAs (lbw's fixtures, ~228 MB each) are written to a temporary folder. Each repeat
-runs every case once, in turn, so that machine load hits all of them alike; the medians are printed:
+runs every case once, in turn, so that machine load hits all of them alike, each after an ``os.sync`` (untimed:
+the disk writes of one case must not slow the next); the medians are printed:
 - floor: ``safetensors.torch.load_file`` + ``save_file`` of the input (the practical floor for any rewrite);
 - floor+: the floor plus what the issue requires of every write, done one after the other: SHA-256 of the
   written data region (``sshs_model_hash``, read back from the page cache through a 1 MiB buffer; the legacy
   hash reads 64 KiB more) and an fsync (atomic write);
 - bake: ``lbw.services.bake.bake`` with a mixed 20-value block vector (target <= 1.5x the floor);
-- merge of two such LoRAs without ``--rank`` (target <= 3x the floor).
-Both ratios are printed for bake and merge. Peak memory is measured in a child process per case: VmHWM (the
+- merge floor: ``load_file`` of both inputs + ``save_file`` of all their tensors in one file (the bytes a merge
+  without ``--rank`` reads and writes: its output is as large as both inputs together); merge floor+: that plus
+  the SHA-256 of the written data and an fsync, as above;
+- merge of two such LoRAs without ``--rank`` (target <= 2x the merge floor).
+Both ratios are printed for bake (to the floor) and merge (to the merge floor; and to the single-file floor, the
+ratio given before the merge floor existed). Peak memory is measured in a child process per case: VmHWM (the
 child's own peak RSS; ru_maxrss would include the parent's) minus VmRSS after the imports, against the input
-file size (target for bake <= 2x).
+size (one file for bake, both for merge; targets: bake <= 2x, merge <= 1.5x).
 
 Run: ``.venv/bin/python benchmarks/bench_bake.py [--repeats 3] [--rank 32]``
 """
@@ -46,6 +51,10 @@ case, out, inputs = sys.argv[1], sys.argv[2], sys.argv[3:]
 before = status_kb("VmRSS:")
 if case == "floor":
     safetensors.torch.save_file(safetensors.torch.load_file(inputs[0]), out)
+elif case == "mfloor":
+    both = {f"{i}.{k}": v for i, path in enumerate(inputs) for k, v in safetensors.torch.load_file(path).items()}
+    safetensors.torch.save_file(both, out)
+    del both
 elif case == "bake":
     bake(inputs[0], out, BlockWeights(XL20, tuple(float(v) for v in sys.argv[4].split(",")), "Mixed"))
 else:
@@ -96,8 +105,19 @@ def main() -> None:
         def floor() -> None:
             save_file(load_file(str(a)), str(out))
 
+        def merge_floor() -> None:
+            save_file({f"{i}.{k}": v for i, path in enumerate((a, b)) for k, v in load_file(str(path)).items()},
+                      str(out))
+
+        def merge_floor_plus() -> None:
+            merge_floor()
+            hash_and_sync()
+
         def floor_plus() -> None:
             save_file(load_file(str(a)), str(out))
+            hash_and_sync()
+
+        def hash_and_sync() -> None:
             digest, buffer = hashlib.sha256(), bytearray(1 << 20)
             with open(out, "rb+", buffering=0) as handle:
                 handle.seek(8 + int.from_bytes(handle.read(8), "little"))
@@ -118,11 +138,13 @@ def main() -> None:
                 source.lora.close()
 
         cases: dict[str, Callable[[], None]] = {"floor": floor, "floor+": floor_plus, "bake": do_bake,
+                                                "mfloor": merge_floor, "mfloor+": merge_floor_plus,
                                                 "merge": do_merge}
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.repeats):
             for name, action in cases.items():
                 out.unlink(missing_ok=True)
+                os.sync()  # the previous case's data reach the disk first, not during this case
                 begin = time.perf_counter()
                 action()
                 times[name].append(time.perf_counter() - begin)
@@ -132,21 +154,31 @@ def main() -> None:
         def row(name: str, label: str, target: str = "") -> None:
             shown = " ".join(f"{t:.3f}" for t in times[name])
             line = f"{label:36s} median {median[name]:6.3f} s  (runs {shown})"
-            if name in ("bake", "merge"):
+            if name == "bake":
                 line += (f"   {median[name] / median['floor']:4.2f}x floor{target}, "
                          f"{median[name] / median['floor+']:4.2f}x floor+")
+            if name == "merge":
+                line += (f"   {median[name] / median['mfloor']:4.2f}x merge floor{target}, "
+                         f"{median[name] / median['mfloor+']:4.2f}x merge floor+, "
+                         f"{median[name] / median['floor']:4.2f}x floor")
             print(line)
 
         row("floor", "floor   safetensors load + save")
         row("floor+", "floor+  + sha256 + fsync")
         row("bake", "bake    mixed XL20 vector", " (target <= 1.5x)")
-        row("merge", "merge   2 LoRAs, no --rank", " (target <= 3x)")
+        row("mfloor", "merge floor  load both + save")
+        row("mfloor+", "merge floor+ + sha256 + fsync")
+        row("merge", "merge   2 LoRAs, no --rank", " (target <= 2x)")
         vector = ",".join(str(v) for v in VALUES)
-        for case, inputs in (("floor", [str(a)]), ("bake", [str(a), vector]), ("merge", [str(a), str(b)])):
+        both = size + b.stat().st_size  # the merged file is about as large (its header aside)
+        memory_cases = (("floor", [str(a)], size, ""), ("bake", [str(a), vector], size, " (target <= 2x)"),
+                        ("mfloor", [str(a), str(b)], both, ""), ("merge", [str(a), str(b)], both, " (target <= 1.5x)"))
+        for case, inputs, against, target in memory_cases:
             before, peak = peak_memory(case, out, inputs)
-            target = " (target <= 2x)" if case == "bake" else ""
-            print(f"peak memory {case:5s}: +{(peak - before) / 1e6:6.1f} MB over {before / 1e6:.0f} MB after "
-                  f"imports = {(peak - before) / size:4.2f}x the input file size{target}")
+            grown = peak - before
+            print(f"peak memory {case:6s}: +{grown / 1e6:6.1f} MB over {before / 1e6:.0f} MB after imports = "
+                  f"{grown / against:4.2f}x the input ({against / 1e6:.0f} MB){target}"
+                  + (f", {grown / both:4.2f}x the merged file" if case in ("mfloor", "merge") else ""))
 
 
 if __name__ == "__main__":

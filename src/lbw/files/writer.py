@@ -4,7 +4,9 @@ Both write through ``lbw.files.atomic.atomic_path`` and produce exactly the layo
 writes (compact JSON header, ``__metadata__`` first, tensors ordered by dtype then name, header padded with
 spaces to a multiple of 8). Both set ``sshs_model_hash`` and ``sshs_legacy_hash`` from the bytes as written,
 so the stored hash equals the file's addnet hash. ``rewrite_metadata`` copies the data region byte for byte
-(streamed, no tensor decode), so tensor bytes and the addnet hash never change.
+(streamed, no tensor decode), so tensor bytes and the addnet hash never change. ``save_lora`` also takes
+``LazyTensors``: names, dtypes and shapes up front, each tensor produced only when its bytes are written, so a
+large file is written with only a few of its tensors in memory at once.
 
 Example:
     >>> tensors = {"m.lora_up.weight": up, "m.lora_down.weight": down}
@@ -20,9 +22,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
-import queue
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from lbw.files.hashes import (
 from lbw.files.header_encoding import HeaderEncoder, encode_header
 from lbw.files.locks import LOCK_WAIT_S, target_lock
 from lbw.files.safetensors_header import TensorInfo, read_header
+from lbw.files.write_pass import FileSha256, Writeback, datasync
 
 if TYPE_CHECKING:
     import torch
@@ -95,6 +97,25 @@ class WrittenFile:
     size: int
 
 
+@dataclass(frozen=True)
+class LazyTensors:
+    """Tensors announced by dtype and shape, produced one at a time while ``save_lora`` writes them.
+
+    ``specs`` maps each name to (torch dtype, shape). ``produce(name)`` is called once per name, in the order
+    the data are written (safetensors' order: dtype, then name), and must return a tensor of exactly that dtype
+    and shape: the header is already out, so anything else is an OutputError (an internal error of the
+    producer). The writer keeps each tensor only until its bytes are written.
+
+    Example:
+        >>> lazy = LazyTensors({"m.alpha": (torch.float32, ())}, lambda name: torch.tensor(4.0))
+        >>> save_lora(lazy, None, "a.safetensors").model_hash == addnet_hash("a.safetensors")
+        True
+    """
+
+    specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+    produce: Callable[[str], torch.Tensor]
+
+
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
     """A copy of ``metadata`` after checking every key and value is a string (safetensors requires it)."""
     result: dict[str, str] = {}
@@ -108,7 +129,7 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def save_lora(
-    tensors: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor] | LazyTensors,
     metadata: Mapping[str, str] | None,
     dest: str | os.PathLike[str],
     *,
@@ -123,13 +144,16 @@ def save_lora(
     it is an OutputError at once, or, with ``force``, awaited.
 
     One pass: the header goes out with placeholder hashes of their final length, each tensor's bytes are
-    written straight from the tensor (no serialised copy) while a background thread hashes the same bytes
-    (hashlib releases the GIL), then the header is rewritten in place with the hashes. The temporary file is
-    fsynced before the rename (``atomic_path``), so an interrupted write leaves nothing at ``dest``.
+    written straight from the tensor (no serialised copy) while a background thread hashes them from the file,
+    several MiB at a time (hashlib releases the GIL), then the header is rewritten in place with the hashes.
+    The temporary file is fsynced before the rename (``atomic_path``), so an interrupted write leaves nothing
+    at ``dest``.
 
     ``final_metadata``, when given, is called once the data are written and returns the metadata to store in
     place of ``metadata``, which then only holds placeholders of the same encoded length (e.g. a source hash
     still being computed on another thread, given as 64 zeros). A different header length is an OutputError.
+
+    With ``LazyTensors``, each tensor is produced when its turn comes and dropped once written.
 
     >>> save_lora(tensors, {"ss_network_dim": "8"}, "out.safetensors").model_hash[:12]
     '5d41402abc4b'
@@ -147,18 +171,23 @@ def save_lora(
         open(tmp, "wb") as out,
     ):
         out.write(prefix)
-        with _BackgroundSha256(enabled=hashes) as digest:
-            for entry, data in zip(entries, datas, strict=True):
-                view = _bytes_of(data)
-                out.write(view)
-                digest.update(view)
-                if window is not None:
-                    window.capture(entry.begin, view)
+        with FileSha256(tmp, len(prefix), out, enabled=hashes) as digest:
+            with Writeback(out) as writeback:
+                for index, entry in enumerate(entries):
+                    data = datas[index] if datas is not None else _produced(tensors, entry)
+                    view = _bytes_of(data)
+                    out.write(view)  # a produced tensor goes with ``data``: its bytes are in the file now
+                    writeback.wrote(view.nbytes)
+                    digest.wrote(len(prefix) + entry.end)
+                    if window is not None:
+                        window.capture(entry.begin, view)
+                    del view, data
             if final_metadata is None and not hashes:
                 md_final = md
             else:
                 out.flush()
-                _datasync(out.fileno())  # write the data back while the hash finishes; atomic_path fsyncs again
+                digest.wrote(len(prefix) + (entries[-1].end if entries else 0), last=True)
+                datasync(out.fileno())  # write the data back while the hash finishes; atomic_path fsyncs again
                 md_final = md if final_metadata is None else check_metadata(final_metadata())
                 if hashes:
                     assert window is not None
@@ -174,10 +203,6 @@ def save_lora(
     model_hash = md_final.get(MODEL_HASH_KEY) if hashes and md_final is not None else None
     legacy_hash = md_final.get(LEGACY_HASH_KEY) if hashes and md_final is not None else None
     return WrittenFile(dest, model_hash, legacy_hash, len(prefix) + (entries[-1].end if entries else 0))
-
-
-# fdatasync where the platform has it (not macOS), else fsync.
-_datasync = getattr(os, "fdatasync", os.fsync)
 
 
 def _with_hashes(md: dict[str, str] | None, hashes: bool, model: str, legacy: str) -> dict[str, str] | None:
@@ -305,33 +330,62 @@ def _file_reader(source, data_start: int) -> Callable[[int, int], bytes]:
     return read
 
 
-def _layout(tensors: Mapping[str, torch.Tensor]) -> tuple[list[TensorInfo], list[torch.Tensor]]:
-    """Header entries and contiguous CPU tensors of ``tensors``, in safetensors' data order."""
-    import torch
-
+def _layout(
+    tensors: Mapping[str, torch.Tensor] | LazyTensors,
+) -> tuple[list[TensorInfo], list[torch.Tensor] | None]:
+    """Header entries, in safetensors' data order, and the contiguous CPU tensors in that order (None for
+    ``LazyTensors``: produced while writing)."""
     rows = []
-    for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise OutputError(f"tensor {name!r} is a {type(tensor).__name__}, expected a torch.Tensor")
-        dtype = _TORCH_DTYPES.get(str(tensor.dtype))
-        if dtype is None:
-            raise OutputError(
-                f"tensor {name!r} has dtype {tensor.dtype}, which safetensors files cannot hold"
-            )
-        data = tensor.detach() if tensor.requires_grad else tensor
-        if data.device.type != "cpu":
-            data = data.cpu()
-        if not data.is_contiguous():
-            data = data.contiguous()
-        rows.append((DTYPE_ORDER.index(dtype), name, dtype, tuple(tensor.shape), data))
+    if isinstance(tensors, LazyTensors):
+        for name, (torch_dtype, shape) in tensors.specs.items():
+            dtype = _safetensors_dtype(name, torch_dtype)
+            shape = tuple(int(size) for size in shape)
+            rows.append((DTYPE_ORDER.index(dtype), name, dtype, shape, math.prod(shape) * torch_dtype.itemsize, None))
+    else:
+        for name, tensor in tensors.items():
+            data = _cpu_contiguous(name, tensor)
+            dtype = _safetensors_dtype(name, tensor.dtype)
+            rows.append((DTYPE_ORDER.index(dtype), name, dtype, tuple(tensor.shape),
+                         data.numel() * data.element_size(), data))
     rows.sort(key=lambda row: (row[0], row[1]))
     entries, datas, offset = [], [], 0
-    for _, name, dtype, shape, data in rows:
-        nbytes = data.numel() * data.element_size()
+    for _, name, dtype, shape, nbytes, data in rows:
         entries.append(TensorInfo(name, dtype, shape, offset, offset + nbytes))
         datas.append(data)
         offset += nbytes
-    return entries, datas
+    return entries, None if isinstance(tensors, LazyTensors) else datas
+
+
+def _safetensors_dtype(name: str, dtype: torch.dtype) -> str:
+    found = _TORCH_DTYPES.get(str(dtype))
+    if found is None:
+        raise OutputError(f"tensor {name!r} has dtype {dtype}, which safetensors files cannot hold")
+    return found
+
+
+def _cpu_contiguous(name: str, tensor: object) -> torch.Tensor:
+    """``tensor`` detached, on the CPU and contiguous (copied only where needed)."""
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise OutputError(f"tensor {name!r} is a {type(tensor).__name__}, expected a torch.Tensor")
+    data = tensor.detach() if tensor.requires_grad else tensor
+    if data.device.type != "cpu":
+        data = data.cpu()
+    if not data.is_contiguous():
+        data = data.contiguous()
+    return data
+
+
+def _produced(tensors: Mapping[str, torch.Tensor] | LazyTensors, entry: TensorInfo) -> torch.Tensor:
+    """The tensor of ``entry`` from ``LazyTensors.produce``, refused unless it has the announced dtype and shape."""
+    assert isinstance(tensors, LazyTensors)
+    data = _cpu_contiguous(entry.name, tensors.produce(entry.name))
+    dtype = _TORCH_DTYPES.get(str(data.dtype))
+    if dtype != entry.dtype or tuple(data.shape) != entry.shape:
+        raise OutputError(f"internal error: tensor {entry.name!r} came as {data.dtype} {list(data.shape)}, "
+                          f"announced as {entry.dtype} {list(entry.shape)}")
+    return data
 
 
 def _bytes_of(data: torch.Tensor) -> memoryview:
@@ -363,77 +417,3 @@ class _LegacyWindow:
             raise OutputError("internal error: the ss_* metadata changed length when its final values were set")
         data = bytes(self._data)
         return legacy_slice_hash(prefix, lambda offset, length: data[offset - self._begin :][:length])
-
-
-class _BackgroundSha256:
-    """SHA-256 of the bytes given to ``update``, computed on a background thread so hashing overlaps with
-    writing (hashlib releases the GIL on large inputs). Views must stay unchanged until ``hexdigest``; small
-    ones are batched into one copy. Leaving the ``with`` block on an error stops the thread."""
-
-    _SMALL = 1 << 16
-
-    def __init__(self, *, enabled: bool = True) -> None:
-        self._enabled = enabled
-        self._queue: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
-        self._pending = bytearray()
-        self._digest = hashlib.sha256()
-        self._stop = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="lbw-sha256", daemon=True)
-        self._result: str | None = None
-
-    def __enter__(self) -> _BackgroundSha256:
-        if self._enabled:
-            self._thread.start()
-        return self
-
-    def __exit__(self, kind: object, error: object, traceback: object) -> None:
-        if not self._enabled:
-            return
-        if error is not None:
-            self._stop = True
-        self._finish()
-
-    def update(self, view: memoryview) -> None:
-        """Queue ``view`` for hashing (in order)."""
-        if not self._enabled:
-            return
-        if view.nbytes < self._SMALL:
-            self._pending += view
-            if len(self._pending) >= self._SMALL:
-                self._flush()
-            return
-        self._flush()
-        self._queue.put(view)
-
-    def hexdigest(self) -> str:
-        """The digest of everything given to ``update`` (waits for the thread)."""
-        if not self._enabled:
-            raise OutputError("internal error: hashing was not enabled")
-        self._finish()
-        if self._error is not None:
-            raise OutputError(f"internal error while hashing the output: {self._error}")
-        assert self._result is not None
-        return self._result
-
-    def _flush(self) -> None:
-        if self._pending:
-            self._queue.put(bytes(self._pending))
-            self._pending.clear()
-
-    def _finish(self) -> None:
-        if self._result is None:
-            self._flush()
-            self._queue.put(None)
-            self._thread.join()
-            self._result = self._digest.hexdigest()
-
-    def _run(self) -> None:
-        try:
-            while (item := self._queue.get()) is not None:
-                if not self._stop:
-                    self._digest.update(item)
-        except BaseException as error:  # reported by hexdigest
-            self._error = error
-            while self._queue.get() is not None:
-                pass

@@ -12,7 +12,9 @@ With ``rank`` (``conv_rank`` for k×k convs, default ``rank``), each merged modu
 compressed by truncated SVD of the exact sum, and the relative Frobenius error is reported per block and
 overall; nothing is clamped. Modules with a bias delta or 1-D norms stay exact.
 
-This module runs the merge (lock, streaming loop, atomic write); one module name is merged by
+This module runs the merge (lock, the two passes, atomic write): pass 1 records what every module name writes
+(merging it where that is not known in advance), pass 2 merges each module as the writer reaches it, so only a
+few modules are in memory at once (``merge_stream``, ``merge_specs``). One module name is merged by
 ``merge_join.merge_module``, compression lives in ``merge_compress``, key naming and casts in ``tensor_output``,
 metadata in ``bake_metadata``, destination checks in ``outputs``.
 
@@ -36,11 +38,10 @@ from lbw.errors import AdapterError, OutputError
 from lbw.files.modules import Module, natural_key
 from lbw.services.bake_metadata import dim_alpha_text, merged_metadata
 from lbw.services.bulk import bulk_mode
-from lbw.services.merge_compress import BlockError, Tally, block_errors
-from lbw.services.merge_join import merge_module, terms_of
+from lbw.services.merge_compress import BlockError, block_errors
+from lbw.services.merge_stream import MergeStream
 from lbw.services.outputs import check_destination, output_lock, refuse_unsupported, torch_dtype
 from lbw.services.sources import OpenSource
-from lbw.services.tensor_output import merged_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from lbw.files.writer import WrittenFile
     from lbw.services.base_weights import BaseWeights
 
+# A hook called as the merge goes: (steps done, steps in total); each module name is a step of pass 1 and of pass 2.
 Progress = Callable[[int, int], None]
 
 
@@ -110,12 +112,9 @@ def _merge_locked(
     for source in sources:
         refuse_unsupported(source.lora)
     _check_architectures(sources)
-    out_dtype = torch_dtype(options.dtype)
     base = _open_base(options)
     names = sorted({m.name for s in sources for m in s.lora.modules}, key=natural_key)
-    tensors: dict[str, torch.Tensor] = {}
     counts = {"joined": 0, "carried": 0, "summed": 0}
-    tally = Tally()
     # Zero-copy reads: unchanged factors are written from the page cache; each source is hashed from its map.
     mapped = [MappedTensors(source.lora.header) for source in sources]
     by_source = {id(source): one for source, one in zip(sources, mapped, strict=True)}
@@ -123,35 +122,39 @@ def _merge_locked(
     def read(source: OpenSource, module: Module) -> dict[str, torch.Tensor]:
         return with_config_alpha(module, by_source[id(source)].tensors(module.keys))
 
+    def written(done: int) -> None:  # pass 2 (``done`` modules of those written), as the second half of the steps
+        if progress is not None:
+            progress(len(names) + round(done * len(names) / max(sum(counts.values()), 1)), 2 * len(names))
+
+    stream = MergeStream(sources, options, base, read, torch_dtype(options.dtype), written)
     pool = ThreadPoolExecutor(max_workers=1)  # hashlib releases the GIL: the sources hash alongside the merge
     hash_jobs = [pool.submit(one.data_sha256) for one in mapped]
     ranks: set[int] = set()
     alphas: set[float | None] = set()
     try:
         with bulk_mode(single_thread=options.rank is None):
-            for done, name in enumerate(names, start=1):
-                terms = terms_of(sources, name)
-                if terms:
-                    how, roles, first = merge_module(terms, options, base, tally, read)
+            for done, name in enumerate(names, start=1):  # pass 1: what every module writes
+                planned = stream.plan(name)
+                if planned is not None:
+                    how, rank, alpha = planned
                     counts[how] += 1
-                    tensors.update(merged_tensors(first, roles, out_dtype))
-                    if "lora_down" in roles:
-                        rank = int(roles["lora_down"].shape[0])
+                    if rank is not None:
                         ranks.add(rank)
-                        alphas.add(float(roles["alpha"]) if "alpha" in roles else float(rank))
+                        alphas.add(alpha)
                 if progress is not None:
-                    progress(done, len(names))
-            if not tensors:
+                    progress(done, 2 * len(names))
+            if not stream.specs:
                 raise OutputError("every module is at weight 0; nothing to write", where=str(dest))
             dim_alpha = dim_alpha_text(ranks, alphas)
 
             def metadata_with(hashes: Sequence[str]) -> dict[str, str]:
                 return merged_metadata(sources, hashes, dest, options, dim_alpha)
 
-            # The source hashes may still be running: the header is written with placeholders of their length and
-            # completed once the data are out.
-            written = save_lora(tensors, metadata_with(["0" * 64] * len(sources)), dest, force=options.force,
-                                final_metadata=lambda: metadata_with([job.result() for job in hash_jobs]))
+            # Pass 2: the modules merged as the writer reaches them. The source hashes may still be running:
+            # the header is written with placeholders of their length and completed once the data are out.
+            written_file = save_lora(stream.lazy(), metadata_with(["0" * 64] * len(sources)), dest,
+                                     force=options.force,
+                                     final_metadata=lambda: metadata_with([job.result() for job in hash_jobs]))
             metadata = metadata_with([job.result() for job in hash_jobs])
     finally:
         # The pool first: a hash job still running reads the maps, so they are closed only once it is over.
@@ -160,10 +163,11 @@ def _merge_locked(
             base.close()
         for one in mapped:
             one.close()
+    tally = stream.tally
     blocks, overall = block_errors(tally)
     modules_out = sum(counts.values())
     return MergeReport(modules_out, counts["joined"], counts["carried"], counts["summed"],
-                       sum(tally.compressed.values()), blocks, overall, written, metadata)
+                       sum(tally.compressed.values()), blocks, overall, written_file, metadata)
 
 
 def _open_base(options: MergeOptions) -> BaseWeights | None:
