@@ -6,6 +6,7 @@ import pytest
 
 from lbw.domain.tune_rule import (
     KEEP,
+    RAISE,
     TAKE,
     TIE,
     TUTORIAL_STEPS,
@@ -15,9 +16,11 @@ from lbw.domain.tune_rule import (
     Score,
     best_index,
     combined_check,
+    decide_raise,
     decide_round,
     goal_key,
     lowerable,
+    raisable,
     search_objective,
     summarize,
 )
@@ -116,3 +119,39 @@ def test_search_objective_and_summaries():
     assert (summary.effect, summary.side, summary.n) == (pytest.approx(0.9), pytest.approx(0.3), 3)
     assert summary.effect_sd == pytest.approx(0.1) and summary.side_sd == pytest.approx(0.1)
     assert summarize([Score(0.7, 0.1)]).effect_sd == 0.0
+
+
+def test_subadd_raises_the_block_that_brings_the_effect_back_with_the_least_side_effect():
+    base = Score(0.6, 0.3)
+    rows = [
+        Candidate("IN04", 0.0, 0.5, Score(0.92, 0.5)),   # restores the effect, leaves 0.5
+        Candidate("IN05", 0.0, 0.5, Score(0.95, 0.4)),   # restores it, leaves 0.4: raised
+        Candidate("OUT06", 0.5, 1.0, Score(0.8, 0.35)),  # helps, does not restore: waits
+        Candidate("OUT08", 0.0, 0.5, Score(0.6, 0.9)),   # no more effect (equal): kept
+        Candidate("OUT09", 0.0, 0.5, Score(0.5, 0.2)),   # less effect: kept
+    ]
+    decisions = decide_raise(base, rows, 0.9)
+    assert _table(decisions) == [("IN04", WAIT, 0.0, None), ("IN05", RAISE, 0.5, 1), ("OUT06", WAIT, 0.5, None),
+                                 ("OUT08", KEEP, 0.0, None), ("OUT09", KEEP, 0.0, None)]
+    reasons = {d.block: d.reason for d in decisions}
+    assert reasons["IN05"] == ("raising brings the effect back (0.950 >= 0.9 from 0.600) with the least side effect "
+                               "left of the raises that do (0.400)")
+    assert reasons["OUT06"] == "raising helps (0.800 from 0.600), less than raising IN05; tried again next round"
+    assert reasons["OUT08"] == "raising does not bring the effect back (0.600 <= 0.600)"
+
+
+def test_subadd_without_a_restoring_raise_takes_the_most_effect_then_the_least_side_then_the_smaller_step():
+    base = Score(0.3, 0.1)
+    rows = [Candidate("A", 0.0, 0.5, Score(0.6, 0.5)), Candidate("B", 0.0, 0.5, Score(0.7, 0.6)),
+            Candidate("C", 0.5, 1.0, Score(0.7, 0.4))]
+    decisions = decide_raise(base, rows, 0.9)
+    assert [d.action for d in decisions] == [WAIT, WAIT, RAISE]
+    assert decisions[2].reason == "raising brings back the most effect (0.700 from 0.300); still below 0.9"
+    # equal side effects among restoring raises: the smaller raise, then the block order
+    rows = [Candidate("A", 0.0, 0.5, Score(0.95, 0.4)), Candidate("B", 0.5, 0.75, Score(0.91, 0.4 + TIE / 3)),
+            Candidate("C", 0.5, 0.75, Score(0.99, 0.4))]
+    assert [d.action for d in decide_raise(base, rows, 0.9)] == [WAIT, RAISE, WAIT]
+    # nothing helps: every block is kept, nothing raised
+    assert [d.action for d in decide_raise(Score(0.99, 0.1), rows, 0.999)] == [KEEP, KEEP, KEEP]
+    assert raisable({"A": 0.5, "B": 0.75, "C": 1.0}, ["A", "B", "C"], 0.25) == ["A", "B"]
+    assert raisable({"A": 0.5}, ["A"], 0.25, ceiling=0.7) == []

@@ -66,8 +66,9 @@ def _project(tmp_path: Path, assets, name: str = "Face", **changes):
 
 
 # The tutorial's analyzer at LBW's 20 levels (the default is 5 for 64-px renders): the tiny model's noise images
-# then give the classes these tests were written for.
-OPTIONS = TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,), analyzer_threshold=20)
+# then give the classes these tests were written for. Their start sheet keeps 0.41 of the effect: at threshold 0.4
+# the Sub rounds run (``test_the_tutorial_raises_blocks...`` runs the same at 0.9: SubAdd).
+OPTIONS = TuneOptions(keep_box=BOX, budget=40, held_out_seeds=(2,), analyzer_threshold=20, threshold=0.4)
 
 
 def test_a_tune_stays_within_its_budget_and_records_every_decision_with_why(assets, tmp_path):
@@ -193,7 +194,7 @@ def test_an_unfinished_tune_is_continued_only_with_its_options(assets, tmp_path)
 
     with pytest.raises(Stop):
         run_tune(store, "Face", OPTIONS, backend=backend, on_cell=stop)
-    with pytest.raises(ProjectError, match=r"unfinished tune with other options or settings .*threshold 0\.9.*; run "
+    with pytest.raises(ProjectError, match=r"unfinished tune with other options or settings .*threshold 0\.4.*; run "
                                            r"it with those to continue it, or pass --restart"):
         run_tune(store, "Face", replace(OPTIONS, threshold=0.8), backend=backend)
     with pytest.raises(Stop):
@@ -296,3 +297,38 @@ def test_the_random_baseline_spends_its_budget_on_distinct_draws_and_is_reported
     tuned = dict(zip(SD26.ids, report.values, strict=True))
     assert all(tuned[b] in {i / 8 for i in range(9)} for b in OPEN)  # drawn on the search's grid
     assert all(tuned[b] == 1.0 for b in SD26.ids if b not in OPEN)  # fixed blocks keep the values they had
+
+
+def test_the_tutorial_raises_blocks_when_the_analyzers_sheet_loses_the_effect_and_resumes(assets, tmp_path):
+    # the analyzer's sheet keeps 0.411 of the effect, no lowering brings it back: SubAdd rounds raise blocks
+    options = replace(OPTIONS, threshold=0.9, strategy="tutorial", budget=120)
+    whole = Counting()
+    expected = run_tune(_project(tmp_path / "a", assets), "Face", options, backend=whole)
+    store = _project(tmp_path / "b", assets)
+    backend = Counting()
+    stops = [15]  # rendered cells at which Ctrl-C lands: in the first SubAdd round
+
+    def on_cell(*event):
+        if stops and len(backend.rendered) >= stops[0]:
+            stops.pop(0)
+            raise Stop()
+
+    with pytest.raises(Stop):
+        run_tune(store, "Face", options, backend=backend, on_cell=on_cell)
+    report = run_tune(store, "Face", options, backend=backend)
+    assert sorted(backend.rendered) == sorted(whole.rendered) and report.values == expected.values
+    log = project_log(store, "Face")
+    decisions = [e.decision for e in log if e.decision is not None]
+    assert [d.detail["new"] for d in decisions if d.action == "bounds"] == [[0.0, 1.0]]
+    raises = [d for d in decisions if d.action == "raise"]
+    assert [(d.block, d.old_value, d.new_value) for d in raises] == [("OUT03", 0.5, 1.0), ("OUT00", 0.5, 1.0),
+                                                                      ("OUT11", 0.5, 1.0)]
+    first, last = raises[0].detail, raises[-1].detail
+    assert first["cell"] == "AddOUT03_1" and first["tune"]["list"] == "subadd" and first["tune"]["rule"] == "raise"
+    assert round(first["tune"]["base"]["effect"], 3) == 0.411 and round(first["tune"]["effect"], 3) == 0.619
+    assert first["why"] == "raising brings back the most effect (0.619 from 0.411); still below 0.9"
+    assert last["why"].startswith("raising brings the effect back (1.000 >= 0.9 from 0.787) with the least side")
+    kinds = [get_iteration(store, "Face", n).kind for n in report.iterations]
+    assert kinds[:4] == ["eba", "sub", "subadd", "sub"] and kinds.count("subadd") == 3
+    tutorial = next(row for row in report.rows if row.name == "tutorial")
+    assert tutorial.tuning.effect >= 0.9 and report.notes == ()

@@ -15,6 +15,12 @@ are tried again in the new context) and fixes every block at its value when a ro
 halves (``TUTORIAL_STEPS``). ``combined_check`` undoes all takes but the best when the sheet with all of them lowered
 measures below the threshold after all.
 
+SubAdd (``decide_raise``), when the sheet itself keeps less than the threshold and no lowering brings it back (an
+analyzer sheet that set a block the face needs to 0): the Add cells raise each open block by the step, and the one
+raise that helps most is **raised** (fixed at the raised value): of the raises that bring the effect back to the
+threshold, the one leaving the least side effect; when none does, the one that brings back the most effect. One
+raise a round, since raises are not additive either and each costs side effect; the others **wait**.
+
 Example:
     >>> base = Score(effect=1.0, side=1.0)
     >>> rows = [Candidate("IN01", 0.5, 0.0, Score(0.95, 0.6)), Candidate("OUT03", 0.5, 0.0, Score(0.7, 0.5))]
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 TUTORIAL_STEPS: tuple[float, ...] = (0.5, 0.25, 0.125)
 DEFAULT_THRESHOLD = 0.9
 TIE = 1e-6
-TAKE, KEEP, WAIT = "take", "keep", "wait"
+TAKE, KEEP, WAIT, RAISE = "take", "keep", "wait", "raise"
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ def summarize(scores: Sequence[Score]) -> ScoreSummary:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One Sub cell of a round: the block, its value now, the lowered value the cell renders, the cell's score."""
+    """One Sub (or Add) cell of a round: the block, its value now, the value the cell renders (``lowered``: for an
+    Add cell the raised value), the cell's score."""
 
     block: str
     current: float
@@ -93,8 +100,9 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the rule does with one block: ``take`` (fix at ``lowered``), ``keep`` (at ``current``) or ``wait``
-    (passes alone, but not together with the takes of this round); ``rank`` orders the takes (1 = taken first)."""
+    """What the rule does with one block: ``take`` (fix at ``lowered``), ``raise`` (fix at the raised value, kept
+    in ``lowered``), ``keep`` (at ``current``) or ``wait`` (passes alone, but not together with the takes of this
+    round; or a raise that helps less than the one made); ``rank`` orders the takes (1 = taken first)."""
 
     block: str
     current: float
@@ -106,8 +114,8 @@ class Decision:
 
     @property
     def value(self) -> float:
-        """The value the block is fixed at: the lowered one for a take, else its current one."""
-        return self.lowered if self.action == TAKE else self.current
+        """The value the block is fixed at: the cell's for a take or a raise, else its current one."""
+        return self.lowered if self.action in (TAKE, RAISE) else self.current
 
 
 def decide_round(base: Score, candidates: Sequence[Candidate], threshold: float = DEFAULT_THRESHOLD
@@ -149,6 +157,58 @@ def decide_round(base: Score, candidates: Sequence[Candidate], threshold: float 
                                              f"effect kept would be {together:.3f} < {threshold:g}; tried again "
                                              "next round")
     return tuple(decisions[row.block] for row in candidates)
+
+
+def decide_raise(base: Score, candidates: Sequence[Candidate], threshold: float = DEFAULT_THRESHOLD
+                 ) -> tuple[Decision, ...]:
+    """The decision for every Add cell of a SubAdd round whose sheet keeps less than ``threshold`` (see the module
+    docstring): at most one ``raise``; raises that help less ``wait``; the rest ``keep``.
+
+    Example:
+        >>> base = Score(effect=0.6, side=0.3)
+        >>> rows = [Candidate("IN04", 0.0, 0.5, Score(0.92, 0.5)), Candidate("OUT06", 0.0, 0.5, Score(0.95, 0.4)),
+        ...         Candidate("OUT09", 0.5, 1.0, Score(0.6, 0.6))]
+        >>> [(d.block, d.action, d.value) for d in decide_raise(base, rows, 0.9)]
+        [('IN04', 'wait', 0.0), ('OUT06', 'raise', 0.5), ('OUT09', 'keep', 0.5)]
+    """
+    _check_threshold(threshold)
+    helpful = [(i, row) for i, row in enumerate(candidates) if row.score.effect > base.effect + TIE]
+    restoring = [(i, row) for i, row in helpful if row.score.feasible(threshold)]
+    chosen: Candidate | None = None
+    if restoring:
+        chosen = min(restoring, key=lambda item: (_quantised(item[1].score.side),
+                                                  item[1].lowered - item[1].current, item[0]))[1]
+        why = (f"raising brings the effect back ({chosen.score.effect:.3f} >= {threshold:g} from "
+               f"{base.effect:.3f}) with the least side effect left of the raises that do ({chosen.score.side:.3f})")
+    elif helpful:
+        chosen = min(helpful, key=lambda item: (-_quantised(item[1].score.effect), _quantised(item[1].score.side),
+                                                item[0]))[1]
+        why = (f"raising brings back the most effect ({chosen.score.effect:.3f} from {base.effect:.3f}); still "
+               f"below {threshold:g}")
+    decisions = []
+    for row in candidates:
+        score = row.score
+        if row is chosen:
+            decisions.append(Decision(row.block, row.current, row.lowered, RAISE, score, why, rank=1))
+        elif score.effect > base.effect + TIE:
+            decisions.append(Decision(row.block, row.current, row.lowered, WAIT, score,
+                                      f"raising helps ({score.effect:.3f} from {base.effect:.3f}), less than "
+                                      f"raising {chosen.block if chosen else '-'}; tried again next round"))
+        else:
+            decisions.append(Decision(row.block, row.current, row.lowered, KEEP, score,
+                                      f"raising does not bring the effect back ({score.effect:.3f} <= "
+                                      f"{base.effect:.3f})"))
+    return tuple(decisions)
+
+
+def raisable(values: Mapping[str, float], blocks: Iterable[str], step: float, ceiling: float = 1.0) -> list[str]:
+    """The ``blocks`` whose value can be raised by ``step`` without going above ``ceiling``.
+
+    Example:
+        >>> raisable({"IN01": 1.0, "IN02": 0.0, "OUT03": 0.5}, ["IN01", "IN02", "OUT03"], 0.5)
+        ['IN02', 'OUT03']
+    """
+    return [b for b in blocks if values[b] + step <= ceiling + 1e-9]
 
 
 def combined_check(measured: Score, takes: Sequence[Decision], threshold: float = DEFAULT_THRESHOLD

@@ -3,12 +3,17 @@
 1. **Classify**: the Effective Block Analyzer on the blocks the tune may change (``run_analysis``, the project's
    region = the keep box), then the sheet from its classes (``start_sheet_from_analysis``: important 1 fixed,
    unneeded 0 fixed, unclear 0.5 open).
-2. **Sub rounds** at step 0.5, then 0.25 and 0.125 ("go deeper": the tunable blocks that can go down by the step
+2. **Bounds**: a sheet without bounds gets 0 and 1 (one decision), so no cell leaves the range the tune works in.
+3. **Sub rounds** at step 0.5, then 0.25 and 0.125 ("go deeper": the tunable blocks that can go down by the step
    are unfixed again). Each round renders the sheet's Sub list (``render_iteration``: an iteration of the project)
    and scores every cell on the tuning seeds; ``lbw.domain.tune_rule.decide_round`` decides: takes are fixed at
    the lowered value; after a round with takes the others are tried again in the new context; a round without
    takes fixes every open block at its value and the step halves. When the sheet with a round's takes measures
    below the threshold after all, every take but the best is undone (``combined_check``).
+4. **SubAdd** when the sheet itself keeps less than the threshold and no lowered cell brings the effect back (the
+   analyzer set a block the region needs to 0): every tunable block that can go up by the step is opened and the
+   next round renders the SubAdd list; ``decide_raise`` raises the one block that helps most (fixed at the raised
+   value), and Sub rounds go on in the new context. When no raise helps, the step is over.
 
 Every change is a decision of the project (source ``auto``) whose detail holds the cell, the scores, the rule and
 why (``why``), and each block's earlier tries, so the History shows them and a person can undo to any iteration.
@@ -24,19 +29,23 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from lbw.domain.layouts import SD26
 from lbw.domain.tune_rule import (
     KEEP,
+    RAISE,
     TAKE,
     TUTORIAL_STEPS,
     Candidate,
     Decision,
     Score,
     combined_check,
+    decide_raise,
     decide_round,
     lowerable,
+    raisable,
 )
 from lbw.render.analysis import Thresholds
 from lbw.services.project_render import analysis_plan, project_plan
@@ -57,7 +66,7 @@ def run_tutorial(ctx: TuneContext) -> dict[str, Any]:
     if st.get("finished"):
         return st
     st.pop("stopped", None)
-    if _classify(ctx, st):
+    if _classify(ctx, st) and _bound(ctx, st):
         while st.get("step_index", 0) < len(TUTORIAL_STEPS):
             step = TUTORIAL_STEPS[st.get("step_index", 0)]
             if not st.get("step_ready"):
@@ -117,6 +126,23 @@ def _classify(ctx: TuneContext, st: dict[str, Any]) -> bool:
     return True
 
 
+def _bound(ctx: TuneContext, st: dict[str, Any]) -> bool:
+    """Give the sheet the bounds 0 and 1 where it has none (one decision), once: the tune moves weights between
+    the LoRA off and the full LoRA, so its Sub and Add lists never render a cell outside them."""
+    from lbw.services.projects import set_bounds
+
+    if not st.get("bounded"):
+        view = ctx.view()
+        sheet = view.sheet
+        lower = min(0.0, *sheet.values) if sheet.lower is None else sheet.lower
+        upper = max(1.0, *sheet.values) if sheet.upper is None else sheet.upper
+        if (lower, upper) != (sheet.lower, sheet.upper):
+            set_bounds(ctx.store, ctx.name, lower, upper, source="auto", expected_version=view.version)
+        st["bounded"] = True
+        ctx.save()
+    return True
+
+
 def inert_blocks(cells: Sequence[Any]) -> list[str]:
     """The blocks of an analyzer run whose lowered cell is byte for byte the source cell at every seed: they
     change nothing, so the search leaves them alone."""
@@ -155,7 +181,8 @@ def _prepare_step(ctx: TuneContext, st: dict[str, Any], step: float) -> None:
 
 
 def _round(ctx: TuneContext, st: dict[str, Any], step: float) -> str:
-    """One Sub round: ``again`` (takes were made or undone), ``done`` (the step is over) or ``budget``."""
+    """One Sub (or SubAdd) round: ``again`` (blocks were taken, raised, undone or opened), ``done`` (the step is
+    over) or ``budget``."""
     from lbw.services.projects import render_iteration
 
     if st.get("pending"):
@@ -164,13 +191,15 @@ def _round(ctx: TuneContext, st: dict[str, Any], step: float) -> str:
         ctx.save()
     view = ctx.view()
     if not view.sheet.unfixed_ids:
+        st["mode"] = "sub"
         return "done"
-    plan = project_plan(view.sheet, view.settings, "sub")
+    mode = st.get("mode", "sub")
+    plan = project_plan(view.sheet, view.settings, mode)
     if not ctx.cells.fits(plan, PHASE):
         _stop(ctx, st, f"round {st.get('round', 0) + 1} at step {step:g}", ctx.cells.uncached(plan))
         return "budget"
     try:
-        it = render_iteration(ctx.store, ctx.name, mode="sub", backend=ctx.engine, progress=ctx.cells.counter(PHASE),
+        it = render_iteration(ctx.store, ctx.name, mode=mode, backend=ctx.engine, progress=ctx.cells.counter(PHASE),
                               cancel=ctx.cancel, allow_empty_prompt=ctx.allow_empty_prompt, source="auto")
     finally:
         ctx.save()
@@ -183,13 +212,13 @@ def _round(ctx: TuneContext, st: dict[str, Any], step: float) -> str:
         if cell.block is not None and cell.value is not None:
             blocks[cell.label] = (cell.block, cell.value)
     summaries = {label: ctx.scoring.summary(by_seed) for label, by_seed in images.items()}
-    base_label = next(c.label for c in it.cells if c.block is None)
-    base = summaries[base_label]
+    base = summaries[next(c.label for c in it.cells if c.block is None)]
     values = list(view.sheet.values)
     ids = view.sheet.layout.ids
     ctx.consider(base, values)
-    where = {"strategy": PHASE, "step": step, "round": st["round"], "iteration": it.number,
+    where = {"strategy": PHASE, "step": step, "round": st["round"], "iteration": it.number, "list": mode,
              "threshold": ctx.threshold, "base": _numbers(base)}
+    head = f"step {step:g} round {st['round']} (iteration {it.number})"
     undo = combined_check(base.score, [_decision(d) for d in st.get("last_takes") or []], ctx.threshold)
     if undo:
         kept = next(d for d in st["last_takes"] if d["block"] not in {u.block for u in undo})
@@ -198,41 +227,93 @@ def _round(ctx: TuneContext, st: dict[str, Any], step: float) -> str:
         pending = [_change(d.block, d.current, False, "revert", why, {**where, "lowered": d.lowered}, None)
                    for d in undo]
         st["last_takes"] = [kept]
-        _commit(ctx, st, pending, f"step {step:g} round {st['round']} (iteration {it.number}): {why}")
+        _commit(ctx, st, pending, f"{head}: {why}")
         return "again"
-    candidates = []
-    for label, (block, lowered) in blocks.items():
+    lowered: list[Candidate] = []
+    raised: list[Candidate] = []
+    labels: dict[tuple[str, float], str] = {}
+    for label, (block, value) in blocks.items():
         summary = summaries[label]
         vector = list(values)
-        vector[ids.index(block)] = lowered
+        vector[ids.index(block)] = value
         ctx.consider(summary, vector)
-        candidates.append(Candidate(block, view.sheet.value(block), lowered, summary.score))
-    decisions = decide_round(base.score, candidates, ctx.threshold)
-    labels = {block: label for label, (block, _) in blocks.items()}
+        current = view.sheet.value(block)
+        labels[(block, value)] = label
+        (lowered if value < current else raised).append(Candidate(block, current, value, summary.score))
+    decisions = decide_round(base.score, lowered, ctx.threshold)
+    takes = [d for d in decisions if d.action == TAKE]
+    feasible = base.score.feasible(ctx.threshold)
+    raise_decisions = decide_raise(base.score, raised, ctx.threshold) if raised and not takes and not feasible \
+        else ()
+    _note_tries(st, step, it.number, (*decisions, *raise_decisions))
+    st["last_takes"] = [_decision_data(d) for d in takes]
+
+    def change(d: Decision, action: str) -> dict[str, Any]:
+        label = labels.get((d.block, d.lowered))
+        return _change(d.block, d.value, True, action, d.reason,
+                       {**where, "lowered": d.lowered, "rule": d.action, "tried": st["tried"].get(d.block, []),
+                        **(_numbers(summaries[label]) if label else {})}, label)
+
+    summary_text = f"{head}: base effect {base.effect:.3f} side {base.side:.3f}; "
+    if takes:
+        st["mode"] = "sub"
+        took = ", ".join(f"{d.block} {d.current:g}->{d.lowered:g}" for d in takes)
+        _commit(ctx, st, [change(d, TAKE) for d in takes], summary_text + f"took {took}")
+        return "again"
+    up = next((d for d in raise_decisions if d.action == RAISE), None)
+    if up is not None:  # SubAdd: one raise, then a Sub round in the new context
+        st["mode"] = "sub"
+        _commit(ctx, st, [change(up, RAISE)], summary_text + f"below {ctx.threshold:g}: raised {up.block} "
+                                                              f"{up.current:g}->{up.lowered:g}")
+        return "again"
+    if not feasible and mode == "sub":
+        opened = _open_for_raise(ctx, view, step, base, where)
+        if opened is not None:
+            st["mode"] = "subadd"
+            _commit(ctx, st, opened, summary_text + f"below {ctx.threshold:g} and no lowering brings it back: "
+                                                    "SubAdd" + (f", opened {', '.join(c['block'] for c in opened)}"
+                                                                if opened else ""))
+            return "again"
+    # the step is over: every open block is fixed at its value (by the raise decision in a SubAdd round)
+    chosen: list[Decision] = list(raise_decisions)
+    chosen += [d for d in decisions if d.block not in {e.block for e in chosen}]
+    seen = {d.block for d in chosen}
+    chosen += [Decision(b, values[ids.index(b)], values[ids.index(b)], KEEP, base.score,
+                        "no cell: the block is at a bound of the sheet") for b in view.sheet.unfixed_ids
+               if b not in seen]
+    if not feasible:
+        chosen = [replace(d, reason=f"{d.reason}; the sheet keeps {base.effect:.3f} < {ctx.threshold:g} and "
+                                    "neither lowering nor raising brings it back") for d in chosen]
+    st["mode"] = "sub"
+    below = "" if feasible else " (below the threshold: neither lowering nor raising brings it back)"
+    _commit(ctx, st, [change(d, KEEP) for d in chosen],
+            summary_text + f"no block lowered{below}; fixed {len(chosen)} at their values")
+    return "done"
+
+
+def _open_for_raise(ctx: TuneContext, view: Any, step: float, base: Any, where: dict[str, Any]
+                    ) -> list[dict[str, Any]] | None:
+    """The unfix changes that open every fixed tunable block that can go up by ``step`` (within the sheet's upper
+    bound and 1) for a SubAdd round; None when no open or fixed tunable block can go up."""
+    values = dict(zip(view.sheet.layout.ids, view.sheet.values, strict=True))
+    ceiling = min(1.0, view.sheet.upper if view.sheet.upper is not None else 1.0)
+    candidates = [b for b in ctx.tunable if b in values]
+    if not raisable(values, candidates, step, ceiling):
+        return None
+    why = (f"the sheet keeps {base.effect:.3f} < {ctx.threshold:g} and no lowering brings it back: opened to try "
+           f"raising it by {step:g} (SubAdd)")
+    return [{"block": b, "value": values[b], "fixed": False, "action": "unfix",
+             "detail": {"why": why, "tune": {**where, "rule": "open"}}}
+            for b in raisable(values, [b for b in candidates if b in view.sheet.fixed], step, ceiling)]
+
+
+def _note_tries(st: dict[str, Any], step: float, iteration: int, decisions: Sequence[Decision]) -> None:
+    """Add each decision to its block's list of tries (shown with every later decision about the block)."""
     tried = st.setdefault("tried", {})
     for d in decisions:
-        tried.setdefault(d.block, []).append({"step": step, "round": st["round"], "iteration": it.number,
-                                              "lowered": d.lowered, "effect": d.score.effect, "side": d.score.side,
-                                              "rule": d.action, "why": d.reason})
-    takes = [d for d in decisions if d.action == TAKE]
-    chosen = takes or list(decisions)
-    if not takes:  # open blocks without a Sub cell (at a bound) are fixed at their value too
-        tried_blocks = {d.block for d in decisions}
-        chosen += [Decision(b, values[ids.index(b)], values[ids.index(b)], KEEP, base.score,
-                            "no Sub cell: the block is at the lower bound") for b in view.sheet.unfixed_ids
-                   if b not in tried_blocks]
-    pending = [_change(d.block, d.value, True, TAKE if d.action == TAKE else KEEP, d.reason,
-                       {**where, "lowered": d.lowered, "rule": d.action, "tried": tried.get(d.block, []),
-                        **(_numbers(summaries[labels[d.block]]) if d.block in labels else {})},
-                       labels.get(d.block)) for d in chosen]
-    st["last_takes"] = [_decision_data(d) for d in takes]
-    took = ", ".join(f"{d.block} {d.current:g}->{d.lowered:g}" for d in takes)
-    below = "" if base.score.feasible(ctx.threshold) else " (below the threshold: lowering cannot bring it back)"
-    text = (f"step {step:g} round {st['round']} (iteration {it.number}): base effect {base.effect:.3f}{below} "
-            f"side {base.side:.3f}; " + (f"took {took}" if takes else f"no block lowered; fixed {len(chosen)} at "
-                                                                       "their values"))
-    _commit(ctx, st, pending, text)
-    return "again" if takes else "done"
+        tried.setdefault(d.block, []).append({"step": step, "round": st["round"], "iteration": iteration,
+                                              "value": d.lowered, "lowered": d.lowered, "effect": d.score.effect,
+                                              "side": d.score.side, "rule": d.action, "why": d.reason})
 
 
 def _commit(ctx: TuneContext, st: dict[str, Any], pending: list[dict[str, Any]], text: str) -> None:
