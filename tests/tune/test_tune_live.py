@@ -25,6 +25,7 @@ from lbw.services.tune_live import (
     report_summary,
     score_rows,
     tune_form,
+    tune_grid,
 )
 
 OPEN = ("BASE", "IN01", "OUT00", "OUT03", "OUT07", "OUT11")
@@ -185,6 +186,35 @@ def test_a_tune_followed_cancelled_read_back_and_continued(assets, tmp_path):
     assert [row[0] for row in score_rows(done.report)] == ["ALL", "tutorial", "OFF"]
     numbers = {it.number for it in list_iterations(store, "Face")}
     assert set(report.iterations) <= numbers and report.iterations
+
+
+def test_the_before_after_grid_is_redrawn_in_the_pages_language_from_the_reports_cells(assets, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lbw.services.tune_report import GridWords
+
+    store = _project(tmp_path, assets)
+    assert tune_grid(store, "Face", "ja", GridWords()) is None  # no tune yet
+    report = run_tune(store, "Face", TuneOptions(budget=14, strategy="search", held_out_seeds=(2,)))
+    data = json.loads(report.report.read_text(encoding="utf-8"))
+    assert set(data["grid_cells"]) == {"ALL", "search", "OFF"} and set(data["grid_cells"]["OFF"]) == {"1", "2"}
+    words = GridWords(title="{name}: 比較 ({region})", box="残す領域 {box}", scores="効果 {effect:.2f}",
+                      seed="シード {seed}", tuning="調整用", held_out="検証用", rows={"OFF": "LoRA なし"})
+    assert tune_grid(store, "Face", "en", words) == report.grid  # English: the grid the tune wrote
+    japanese = tune_grid(store, "Face", "ja", words)
+    assert japanese == report.grid.with_name("before-after.ja.png")
+    with Image.open(report.grid) as english, Image.open(japanese) as drawn:
+        assert drawn.size != english.size  # other words, other label widths
+        english_pixels, drawn_pixels = np.asarray(english.convert("RGB")), np.asarray(drawn.convert("RGB"))
+    # the cells are the same pictures: the bottom-right cell (LoRA off, held-out seed 2) matches pixel for pixel
+    assert np.array_equal(english_pixels[-64:, -64:], drawn_pixels[-64:, -64:])
+    stamp = japanese.stat().st_mtime_ns
+    assert tune_grid(store, "Face", "ja", words) == japanese and japanese.stat().st_mtime_ns == stamp  # drawn once
+    # a cell gone from the cache is named; the page then shows the English grid with that line
+    (store.workspace / data["grid_cells"]["OFF"]["2"]).unlink()
+    with pytest.raises(ProjectError, match=r"the tune.s OFF image at seed 2 is gone: .*run the tune again"):
+        tune_grid(store, "Face", "de", words)
 
 
 def test_a_damaged_report_is_named(assets, tmp_path):

@@ -281,16 +281,29 @@ def _finish(ctx: TuneContext, options: TuneOptions, results: dict[str, list[floa
     view = ctx.view()
     stops = notes(ctx.state, results)
     title = region.describe(Path(copy.name) if copy is not None else None)
-    grid = write_grid(view, rows, images, seeds, held_out, region.mask, title, out / GRID_FILE)
+    grid = write_grid(view.name, [(r.name, r.tuning.effect, r.tuning.side) for r in rows], images, seeds, held_out,
+                      region.mask, title, out / GRID_FILE)
+    cells = _relative_cells(images, ctx.store.workspace)
     mask = None if copy is None else KeepMaskInfo(copy, str(region.digest), region.kept, region.roi)
     report = TuneReport(view.name, winner.name, view.sheet.weight_line(), tuple(view.sheet.values), tuple(rows),
                         {k: int(v) for k, v in ctx.state["counts"].items()}, options.budget, tuning, held_out,
                         region.box, options.scorer, options.threshold, tuple(ctx.state.get("iterations", [])), grid,
-                        out / REPORT_FILE, stops, mask)
+                        out / REPORT_FILE, stops, mask, cells)
     write_text_atomic(report.report, json_text(report_data(report, ctx.state), indent=2, allow_nan=False) + "\n")
     ctx.emit("evaluation", f"{winner.name} wins: effect {winner.tuning.effect:.3f} side {winner.tuning.side:.3f} "
                            "on the tuning seeds")
     return report
+
+
+def _relative_cells(images: Mapping[str, Mapping[int, Path]], workspace: Path) -> dict[str, dict[int, str]]:
+    """The grid's images relative to the workspace (for a grid redrawn in another language); empty when one lies
+    outside it."""
+    root = workspace.resolve()
+    try:
+        return {name: {seed: path.resolve().relative_to(root).as_posix() for seed, path in by_seed.items()}
+                for name, by_seed in images.items()}
+    except ValueError:
+        return {}
 
 
 def _apply(ctx: TuneContext, winner: ScoreRow) -> None:

@@ -28,10 +28,11 @@ from lbw.domain.tune_rule import DEFAULT_THRESHOLD, ScoreSummary
 from lbw.errors import LbwError, ProjectError
 from lbw.services.project_types import ProjectView
 from lbw.services.tune import DEFAULT_BUDGET, GRID_FILE, REPORT_FILE, STRATEGIES, TuneEvent, TuneOptions
+from lbw.services.tune_report import GridWords
 from lbw.store import Store
 
 __all__ = ["NO_SEEDS", "LastTune", "ReportSummary", "TuneNow", "TuneWatch", "last_tune", "report_summary",
-           "score_rows", "tune_form"]
+           "score_rows", "tune_form", "tune_grid"]
 
 NO_SEEDS = "-"  # what the held-out seeds field takes for "none"
 MAX_BOX_CHARS = 200
@@ -331,3 +332,53 @@ def last_tune(store: Store, name: str) -> LastTune | None:
         report = data
         grid = out / GRID_FILE if (out / GRID_FILE).is_file() else None
     return LastTune(finished, cells, budget, run, report, grid)
+
+
+def tune_grid(store: Store, name: str, lang: str, words: GridWords) -> Path | None:
+    """The before/after grid of the project's last finished tune in language ``lang``, drawn once with ``words``
+    from the report's cells (``before-after.<lang>.png`` beside the English ``before-after.png``, which is what
+    ``lang`` ``en`` gets); None when there is no finished tune. A report without cells (a tune of an earlier lbw)
+    gives the English grid; a cell image gone from the cache is a ProjectError naming it."""
+    from PIL import Image
+
+    from lbw.render.masks import read_mask
+    from lbw.render.paths import safe_component
+    from lbw.render.scores import keep_mask
+    from lbw.services.tune_report import write_grid
+
+    last = last_tune(store, name)
+    if last is None or last.report is None or last.grid is None:
+        return None
+    data = last.report
+    cells = data.get("grid_cells")
+    if lang == "en" or not isinstance(cells, dict) or not cells:
+        return last.grid
+    path = last.grid.with_name(f"before-after.{safe_component(lang, fallback='xx', limit=8)}.png")
+    if path.is_file():
+        return path
+    root = store.workspace.resolve()
+
+    def inside(text: Any, what: str) -> Path:  # relative to the workspace, or absolute inside it
+        candidate = (root / str(text)).resolve()
+        if not isinstance(text, str) or not candidate.is_relative_to(root) or not candidate.is_file():
+            raise ProjectError(f"the tune's {what} is gone: {str(text)[:200]}; run the tune again to redraw its grid",
+                               where=str(last.grid.with_name(REPORT_FILE)))
+        return candidate
+
+    tuning = tuple(data.get("tuning_seeds") or ())
+    held_out = tuple(data.get("held_out_seeds") or ())
+    seeds = tuning + held_out
+    rows = [(row["name"], row["tuning"]["effect"], row["tuning"]["side"]) for row in data["rows"]]
+    images = {row: {seed: inside(cells.get(row, {}).get(str(seed)), f"{row} image at seed {seed}") for seed in seeds}
+              for row, _, _ in rows}
+    with Image.open(images[rows[0][0]][seeds[0]]) as first:
+        width, height = first.size
+    mask = data.get("keep_mask")
+    if isinstance(mask, dict):
+        copy = inside(mask.get("file"), "keep mask")
+        keep = read_mask(copy, width, height)
+        region = words.region(keep, None, copy.name)
+    else:
+        keep = keep_mask(str(data.get("keep_box")), width, height)
+        region = words.region(keep, str(data.get("keep_box")), None)
+    return write_grid(str(data.get("project", name)), rows, images, seeds, held_out, keep, region, path, words)

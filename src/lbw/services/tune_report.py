@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from lbw.domain.tune_rule import ScoreSummary
-from lbw.services.project_types import ProjectView
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,9 @@ class KeepMaskInfo:
 @dataclass(frozen=True)
 class TuneReport:
     """What a tune found: the winner and its weights (now the project's sheet), the score table, the cells each
-    phase rendered, the iterations it recorded, notes (why a strategy stopped), the grid and the report file. The
-    keep region is ``keep_box`` (pixels) or, when it was a mask, ``keep_mask`` (and ``keep_box`` is None)."""
+    phase rendered, the iterations it recorded, notes (why a strategy stopped), the grid and the report file, and
+    the images of the grid's cells (``grid_cells``: row, seed, path relative to the workspace). The keep region
+    is ``keep_box`` (pixels) or, when it was a mask, ``keep_mask`` (and ``keep_box`` is None)."""
 
     project: str
     winner: str
@@ -63,6 +63,7 @@ class TuneReport:
     report: Path
     notes: tuple[str, ...] = field(default_factory=tuple)
     keep_mask: KeepMaskInfo | None = None
+    grid_cells: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
 
     @property
     def cells(self) -> int:
@@ -70,10 +71,37 @@ class TuneReport:
         return sum(self.counts.values())
 
 
-def write_grid(view: ProjectView, rows: Sequence[ScoreRow], images: dict[str, dict[int, Path]],
-               seeds: Sequence[int], held_out: Sequence[int], keep: np.ndarray, region: str, path: Path) -> Path:
-    """ALL, each result and OFF (rows) at every seed (columns, held-out ones marked), the keep region (the boolean
-    mask ``keep``, a box or a drawn shape) outlined in white; ``region`` names it in the title."""
+@dataclass(frozen=True)
+class GridWords:
+    """The words of the before/after grid, as ``str.format`` templates (English by default; a page passes its own
+    language's). ``rows`` renames rows (missing: the row's own name)."""
+
+    title: str = "{name}: ALL vs tuned vs LoRA off ({region})"
+    box: str = "keep box {box}"
+    mask: str = "keep mask {file} ({kept} of {width}x{height} pixels)"
+    scores: str = "effect {effect:.2f} side {side:.2f}"
+    seed: str = "seed {seed}"
+    tuning: str = "tuning"
+    held_out: str = "held out"
+    rows: Mapping[str, str] = field(default_factory=lambda: {"OFF": "LoRA off"})
+
+    def region(self, keep: np.ndarray, box: str | None, mask_file: str | None) -> str:
+        """The keep region named: its box, or the mask's file and kept pixels."""
+        if box is not None:
+            return self.box.format(box=box)
+        height, width = keep.shape
+        return self.mask.format(file=mask_file, kept=int(keep.sum()), width=width, height=height)
+
+
+ENGLISH = GridWords()
+
+
+def write_grid(name: str, rows: Sequence[tuple[str, float, float]], images: Mapping[str, Mapping[int, Path]],
+               seeds: Sequence[int], held_out: Sequence[int], keep: np.ndarray, region: str, path: Path,
+               words: GridWords = ENGLISH) -> Path:
+    """ALL, each result and OFF (``rows``: name, effect kept and side effect left on the tuning seeds) at every seed
+    (columns, held-out ones marked), the keep region (the boolean mask ``keep``, a box or a drawn shape) outlined in
+    white; ``region`` names it in the title."""
     from PIL import Image
 
     from lbw.render.grid import compose_grid, save_png
@@ -81,19 +109,20 @@ def write_grid(view: ProjectView, rows: Sequence[ScoreRow], images: dict[str, di
 
     edge = outline(keep)
     cells = []
-    for row in rows:
+    for row_name, _, _ in rows:
         line = []
         for seed in seeds:
-            with Image.open(images[row.name][seed]) as image:
+            with Image.open(images[row_name][seed]) as image:
                 pixels = np.array(image.convert("RGB"))
             if pixels.shape[:2] == edge.shape:
                 pixels[edge] = (255, 255, 255)
             line.append(Image.fromarray(pixels, mode="RGB"))
         cells.append(line)
-    labels = [f"{'LoRA off' if row.name == 'OFF' else row.name}\neffect {row.tuning.effect:.2f} side "
-              f"{row.tuning.side:.2f}" for row in rows]
-    columns = [f"seed {seed}\n{'held out' if seed in held_out else 'tuning'}" for seed in seeds]
-    grid = compose_grid(cells, labels, columns, title=f"{view.name}: ALL vs tuned vs LoRA off ({region})")
+    labels = [f"{words.rows.get(row_name, row_name)}\n{words.scores.format(effect=effect, side=side)}"
+              for row_name, effect, side in rows]
+    columns = [f"{words.seed.format(seed=seed)}\n{words.held_out if seed in held_out else words.tuning}"
+               for seed in seeds]
+    grid = compose_grid(cells, labels, columns, title=words.title.format(name=name, region=region))
     return save_png(grid, path)
 
 
@@ -125,6 +154,8 @@ def report_data(report: TuneReport, state: Mapping[str, Any] | None = None) -> d
         "cells": report.counts,
         "iterations": list(report.iterations),
         "grid": str(report.grid),
+        "grid_cells": {name: {str(seed): path for seed, path in by_seed.items()}
+                       for name, by_seed in report.grid_cells.items()},
         "notes": list(report.notes),
     }
     if state is not None:

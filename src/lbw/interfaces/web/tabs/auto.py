@@ -63,9 +63,10 @@ def build(page: Any) -> None:
         key = f"tune.row.{name}"
         return t(key) if key in MESSAGES else name
 
-    def described(last: Any) -> tuple[str, list[list[str]], str | None]:
-        """The summary, the score table and the grid of the project's last tune."""
-        from lbw.services.tune_live import report_summary, score_rows
+    def described(name: str, last: Any) -> tuple[str, list[list[str]], str | None]:
+        """The summary, the score table and the grid (in the page's language) of the project's last tune."""
+        from lbw.errors import LbwError
+        from lbw.services.tune_live import report_summary, score_rows, tune_grid
 
         if last is None:
             return t("tune.none"), [], None
@@ -88,7 +89,22 @@ def build(page: Any) -> None:
         ]
         lines += [f"- {printable(note)}" for note in about.notes]
         rows = [[row_name(name), *numbers] for name, *numbers in score_rows(data)]
-        return "\n".join(lines), rows, str(last.grid) if last.grid else None
+        try:
+            grid = tune_grid(ctx.store, name, page.lang, grid_words())
+        except LbwError as error:
+            grid = last.grid
+            lines.append(t("tune.grid.english", error=printable(page.error_text(error))))
+        return "\n".join(lines), rows, str(grid) if grid else None
+
+    def grid_words() -> Any:
+        """The before/after grid's words in the page's language."""
+        from lbw.services.tune_report import GridWords
+
+        return GridWords(title=t("tune.grid.title"), box=t("tune.grid.box"), mask=t("tune.grid.mask"),
+                         scores=t("tune.grid.scores"), seed=t("plot.seed"), tuning=t("tune.grid.tuning"),
+                         held_out=t("tune.grid.held_out"),
+                         rows={key: t(f"tune.row.{key}") for key in ("ALL", "OFF", "tutorial", "search", "random")
+                               if f"tune.row.{key}" in MESSAGES})
 
     def mask_line(name: str) -> str:
         from lbw.services.keep_draw import drawn_mask_counts
@@ -106,7 +122,7 @@ def build(page: Any) -> None:
                     None, ""]
         if page.sheet_only(session):  # no tune ran since the last redraw
             return [gr.skip()] * 6
-        text, rows, image = described(last_tune(ctx.store, view.name))
+        text, rows, image = described(view.name, last_tune(ctx.store, view.name))
         cell = editor_background(ctx.store, view.name)
         width, height = view.settings.width, view.settings.height
         background = str(cell) if cell is not None else np.full((height, width, 3), BLANK, dtype=np.uint8)
