@@ -98,3 +98,37 @@ def test_step_progress_counts_inside_a_cell():
         return job.snapshot().done
 
     assert queue.submit("cpu", batch).wait(5).result == 3.0
+
+
+def test_a_pool_and_one_of_its_servers_never_run_together_and_a_waiting_job_can_be_cancelled():
+    from lbw.services.jobs import RESOURCES, resources
+    from lbw.services.projects import ProjectSettings
+    from lbw.services.workbench import device_key
+
+    pool = device_key(ProjectSettings(backend="comfyui", url="http://b:8188/, http://a:8188"))
+    single = device_key(ProjectSettings(backend="comfyui", url="http://a:8188"))
+    assert pool == f"comfyui:http://a:8188{RESOURCES}comfyui:http://b:8188" and single == "comfyui:http://a:8188"
+    assert resources(pool) == ("comfyui:http://a:8188", "comfyui:http://b:8188") and resources("cpu") == ("cpu",)
+    queue = JobQueue()
+    started, gate = threading.Event(), threading.Event()
+    log: list[str] = []
+
+    def holding(job):
+        started.set()
+        gate.wait(5)
+        log.append("pool done")
+        return "pool"
+
+    first = queue.submit(pool, holding, label="pool")
+    assert started.wait(5)
+    waiting = queue.submit(single, lambda job: log.append("single ran") or "single", label="single")
+    other = queue.submit("comfyui:http://c:8188", lambda job: "c", label="c")  # another server runs beside
+    assert other.wait(5).state == DONE
+    dropped = queue.submit(f"comfyui:http://b:8188{RESOURCES}cpu", lambda job: log.append("dropped ran"))
+    snapshot = waiting.snapshot()
+    assert snapshot.state == "queued" and snapshot.ahead == 1  # the pool's job holds its server
+    dropped.cancel()
+    assert dropped.wait(5).state == CANCELLED and dropped.error.endswith("cancelled")
+    gate.set()
+    assert first.wait(5).state == DONE and waiting.wait(5).state == DONE
+    assert log == ["pool done", "single ran"]

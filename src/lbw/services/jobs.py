@@ -1,7 +1,9 @@
 """Long actions (renders, analyses, bakes) run one at a time per device, in a worker thread, cancellable.
 
 ``JobQueue.submit(device, work)`` queues ``work(job)``; one worker thread per device runs the jobs in order, so two
-tabs (or two pages) never render on one GPU at once. The work reports progress with ``job.report(done, total)``
+tabs (or two pages) never render on one GPU at once. A device may name several resources joined by ``RESOURCES``
+(a pool of servers): a job starts when every one of them is free, so a job on a pool and one on a server of that
+pool wait for each other. The work reports progress with ``job.report(done, total)``
 (renders pass ``job.on_cell`` / ``job.on_step`` to the runner) and calls ``job.check()`` where it may stop; a
 cancelled job raises ``JobCancelled`` there. The page polls ``job.snapshot()`` for its progress line (done,
 total, elapsed, ETA) and never waits on the work itself.
@@ -26,6 +28,8 @@ from typing import Any
 from lbw.errors import LbwError
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+RESOURCES = " + "  # joins the resources of one device: "comfyui:http://a:8188 + comfyui:http://b:8188"
+CLAIM_POLL = 0.2  # seconds between looks at a cancel while a job waits for a resource another device holds
 FINAL = (DONE, FAILED, CANCELLED)
 
 
@@ -147,6 +151,8 @@ class JobQueue:
         self._running: dict[str, Job | None] = {}
         self._ids = itertools.count(1)
         self._jobs: dict[int, Job] = {}
+        self._holders: dict[str, Job] = {}  # resource -> the job using it
+        self._freed = threading.Condition(self._lock)
 
     def submit(self, device: str, work: Callable[[Job], Any], *, label: str = "") -> Job:
         """Queue ``work(job)`` on ``device``; returns the job at once."""
@@ -171,6 +177,8 @@ class JobQueue:
         with self._lock:
             if job.state != QUEUED:
                 return 0
+            if self._running.get(job.device) is job:  # waiting for resources another device's jobs hold
+                return len({id(self._holders[r]) for r in resources(job.device) if r in self._holders})
             queue = self._queues.get(job.device, deque())
             running = 1 if self._running.get(job.device) is not None else 0
             return running + (list(queue).index(job) if job in queue else 0)
@@ -183,6 +191,18 @@ class JobQueue:
                 job.error = f"{job.label or 'job'} cancelled"
                 job._finish(CANCELLED)
 
+    def _claim(self, job: Job) -> bool:
+        """Hold every resource of ``job``'s device, waiting (the lock released) while another job holds one; False
+        when the job was cancelled while it waited. Called with the lock held."""
+        wanted = resources(job.device)
+        while any(resource in self._holders for resource in wanted):
+            if job.cancelled:
+                return False
+            self._freed.wait(CLAIM_POLL)
+        for resource in wanted:
+            self._holders[resource] = job
+        return True
+
     def _worker(self, device: str) -> None:
         while True:
             with self._lock:
@@ -190,6 +210,11 @@ class JobQueue:
                     self._wake[device].wait()
                 job = self._queues[device].popleft()
                 self._running[device] = job
+                if not self._claim(job):
+                    self._running[device] = None
+                    job.error = f"{job.label or 'job'} cancelled"
+                    job._finish(CANCELLED)
+                    continue
                 job.state = RUNNING
                 job.started = time.monotonic()
             try:
@@ -213,3 +238,17 @@ class JobQueue:
             finally:
                 with self._lock:
                     self._running[device] = None
+                    for resource in resources(device):
+                        if self._holders.get(resource) is job:
+                            del self._holders[resource]
+                    self._freed.notify_all()
+
+
+def resources(device: str) -> tuple[str, ...]:
+    """The resources a device occupies: itself, or each part of a pool joined by ``RESOURCES``.
+
+    Example:
+        >>> resources("comfyui:http://a:8188 + comfyui:http://b:8188")
+        ('comfyui:http://a:8188', 'comfyui:http://b:8188')
+    """
+    return tuple(sorted({part.strip() for part in device.split(RESOURCES) if part.strip()} or {device}))

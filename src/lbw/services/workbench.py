@@ -198,8 +198,13 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def device_key(settings: ProjectSettings, backend_options: Mapping[str, Any] | None = None) -> str:
-    """The device a render of these settings occupies: the local device for diffusers, else the server URL.
-    Renders with the same key run one at a time (``lbw.services.jobs``)."""
+    """The device a render of these settings occupies: the local device for diffusers, else the server (each server
+    of a pool, joined by ``RESOURCES``). Renders that share a device run one at a time (``lbw.services.jobs``).
+
+    Example:
+        >>> device_key(replace_settings(settings, backend="comfyui", url="http://b:8188,http://a:8188/"))
+        'comfyui:http://a:8188 + comfyui:http://b:8188'
+    """
     if settings.backend == "diffusers":
         from lbw.services.inspect import resolve_device
 
@@ -208,9 +213,16 @@ def device_key(settings: ProjectSettings, backend_options: Mapping[str, Any] | N
             return f"diffusers:{resolve_device(device)}"
         except LbwError:
             return f"diffusers:{device}"
+    from lbw.render.plan import public_url, server_urls
+    from lbw.services.jobs import RESOURCES
     from lbw.services.project_render import DEFAULT_URLS
 
-    return f"{settings.backend}:{settings.url or DEFAULT_URLS.get(settings.backend, '')}"
+    text = settings.url or DEFAULT_URLS.get(settings.backend, "")
+    try:  # a pool occupies each of its servers: a job on "A,B" and one on "A" never run together
+        servers = sorted({public_url(url).rstrip("/") for url in server_urls(text)})
+    except LbwError:
+        return f"{settings.backend}:{text}"
+    return RESOURCES.join(f"{settings.backend}:{url}" for url in servers)
 
 
 def check_connection(store: Store, name: str, backend_options: Mapping[str, Any] | None = None) -> str:
