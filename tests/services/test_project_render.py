@@ -113,7 +113,12 @@ def test_analysis_iteration_and_the_sheet_it_suggests(assets, tmp_path):
         assert cell.diff_percent == pytest.approx(_diff(cell.image, source), abs=1e-12)
     assert it.grids == (it.grid,) and it.grid.is_file()
     assert store.path_of(it.extra_files["diff_images"]["1"]["IN01"]).is_file()
-    view = start_sheet_from_analysis(store, "Face", it.number, expected_version=view.version)
+    from lbw.services.workbench import analysis_pixel_threshold
+
+    assert analysis_pixel_threshold(store, "Face") == 20  # what it measured with (run_analysis: LBW's 20)
+    run_analysis(store, "Face", blocks=["IN01"], probe=0.0, threshold=12, backend_options=CPU)
+    assert analysis_pixel_threshold(store, "Face") == 12  # the latest run's
+    view = start_sheet_from_analysis(store, "Face", it.number, expected_version=get_project(store, "Face").version)
     expected = {"important": (1.0, True), "unneeded": (0.0, True), "unclear": (0.5, False)}
     for row in it.analysis.rows:
         assert (view.sheet.value(row.block), row.block in view.sheet.fixed) == expected[row.category]

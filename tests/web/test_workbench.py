@@ -103,6 +103,16 @@ def test_tutorial_loop(demo_server, page_factory, shoot):
     counts = {c: sum(r.category == c for r in analysis.rows) for c in ("important", "unneeded", "unclear")}
     expect(note).to_have_text(re.compile(rf"important {counts['important']}, unneeded {counts['unneeded']}"))
     shoot(page, "en-2-analyze")
+    # a page opened later shows the pixel threshold the run measured with (not the field's default)
+    from lbw.services.workbench import analysis_pixel_threshold
+
+    used = analysis_pixel_threshold(store, "demo")
+    assert used is not None and used != 20  # 64-px renders: 5 levels
+    later = page_factory("en")
+    open_project(later, demo_server)
+    tab(later, "Analyze")
+    expect(later.locator("#lbw-analyze-threshold input")).to_have_value(str(used))
+    later.close()
 
     # 2. thresholds move, the classes follow at once, nothing is rendered again
     page.locator("#lbw-important input").fill("99")

@@ -14,7 +14,8 @@ def build(page: Any) -> None:
     with gr.Tab(t("tab.analyze"), id="analyze"):
         with gr.Row():
             probe = gr.Number(label=t("analyze.probe"), value=0.5, minimum=-2, maximum=2, elem_id="lbw-probe")
-            threshold = gr.Number(label=t("analyze.threshold"), value=20, precision=0, minimum=0, maximum=255)
+            threshold = gr.Number(label=t("analyze.threshold"), value=20, precision=0, minimum=0, maximum=255,
+                                  elem_id="lbw-analyze-threshold")
             important = gr.Number(label=t("analyze.important"), value=5.0, minimum=0, maximum=100,
                                   elem_id="lbw-important")
             unneeded = gr.Number(label=t("analyze.unneeded"), value=1.0, minimum=0, maximum=100,
@@ -78,12 +79,15 @@ def build(page: Any) -> None:
 
     @page.on_refresh([threshold])
     def default_threshold(view: Any, session: dict[str, Any]) -> list[Any]:
-        """Before a project's first analysis, the pixel threshold suits its render size."""
+        """The pixel threshold of the project's latest analysis; before the first, one that suits its render
+        size."""
         from lbw.services.project_render import analysis_threshold
+        from lbw.services.workbench import analysis_pixel_threshold
 
-        if view is None or page.sheet_only(session) or runs(view.name):
+        if view is None or page.sheet_only(session):
             return [gr.skip()]
-        return [analysis_threshold(view.settings)]
+        used = page.read(analysis_pixel_threshold, ctx.store, view.name)
+        return [analysis_threshold(view.settings) if used is None else used]
 
     def block_images(name: str, number: int, block: str) -> list[tuple[str, str]]:
         from lbw.services.projects import get_iteration
