@@ -15,7 +15,7 @@ project (the world's gobuhime, the face as the keep box):
 Prints a Markdown table (mean ± spread over seeds) and writes ``proof.json`` in ``--out``.
 
 Run: ``PYTHONPATH=src OMP_NUM_THREADS=1 python tools/tune_proof.py --out /tmp/proof [--budget 200]
-[--random-factor 5] [--blocks 5] [--values 0,0.5,1] [--seeds 11,12] [--held-out 13,14]``
+[--random-factor 5] [--blocks 5] [--values 0,0.5,1] [--seeds 11,12] [--held-out 13,14] [--analyzer-threshold N]``
 """
 
 from __future__ import annotations
@@ -52,11 +52,12 @@ def _store(folder: Path, seeds: tuple[int, ...]) -> Any:
 
 
 def run_arm(folder: Path, strategy: str, budget: int, seeds: tuple[int, ...], held: tuple[int, ...],
-            threshold: float) -> dict[str, Any]:
+            threshold: float, analyzer_threshold: int | None = None) -> dict[str, Any]:
     """One ``run_tune`` in its own workspace; its rows, cells and wall time."""
     store = _store(folder, seeds)
     began = time.monotonic()
     report = run_tune(store, DEMO_PROJECT, TuneOptions(budget=budget, strategy=strategy, threshold=threshold,
+                                                        analyzer_threshold=analyzer_threshold,
                                                         seeds=seeds, held_out_seeds=held))
     return {"strategy": strategy, "budget": budget, "cells": report.cells, "seconds": time.monotonic() - began,
             "winner": report.winner, "weights": report.weights,
@@ -161,6 +162,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="11,12")
     parser.add_argument("--held-out", default="13,14")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--analyzer-threshold", type=int, default=None,
+                        help="pixel threshold of the tutorial's analyzer (default: the project's, 5 at 64 px)")
     parser.add_argument("--others", type=float, default=1.0, help="value of the blocks the exhaustive grid leaves")
     parser.add_argument("--skip", default="", help="arms to skip: both, random, exhaustive")
     args = parser.parse_args()
@@ -171,7 +174,8 @@ def main() -> None:
     skip = {part.strip() for part in args.skip.split(",") if part.strip()}
     result: dict[str, Any] = {"seeds": list(seeds), "held_out": list(held), "threshold": args.threshold, "arms": []}
     if "both" not in skip:
-        result["arms"].append(run_arm(args.out / "both", "both", args.budget, seeds, held, args.threshold))
+        result["arms"].append(run_arm(args.out / "both", "both", args.budget, seeds, held, args.threshold,
+                                      args.analyzer_threshold))
     if "random" not in skip:
         result["arms"].append(run_arm(args.out / "random", "random", args.budget * args.random_factor, seeds, held,
                                       args.threshold))

@@ -121,37 +121,43 @@ def test_search_objective_and_summaries():
     assert summarize([Score(0.7, 0.1)]).effect_sd == 0.0
 
 
-def test_subadd_raises_the_block_that_brings_the_effect_back_with_the_least_side_effect():
+def test_subadd_raises_the_cheapest_blocks_until_the_predicted_effect_reaches_the_threshold():
     base = Score(0.6, 0.3)
     rows = [
-        Candidate("IN04", 0.0, 0.5, Score(0.92, 0.5)),   # restores the effect, leaves 0.5
-        Candidate("IN05", 0.0, 0.5, Score(0.95, 0.4)),   # restores it, leaves 0.4: raised
-        Candidate("OUT06", 0.5, 1.0, Score(0.8, 0.35)),  # helps, does not restore: waits
+        Candidate("IN04", 0.0, 0.5, Score(0.75, 0.35)),  # +0.15 effect for +0.05 side: 0.33 per effect, first
+        Candidate("IN05", 0.0, 0.5, Score(0.95, 0.6)),   # restores alone, +0.3 side: more than the two together
+        Candidate("OUT06", 0.5, 1.0, Score(0.78, 0.4)),  # +0.18 for +0.1: 0.56, second; 0.6+0.15+0.18 = 0.93
+        Candidate("OUT07", 0.0, 0.5, Score(0.7, 0.5)),   # helps, 2.0 per effect, not needed: waits
         Candidate("OUT08", 0.0, 0.5, Score(0.6, 0.9)),   # no more effect (equal): kept
         Candidate("OUT09", 0.0, 0.5, Score(0.5, 0.2)),   # less effect: kept
     ]
     decisions = decide_raise(base, rows, 0.9)
-    assert _table(decisions) == [("IN04", WAIT, 0.0, None), ("IN05", RAISE, 0.5, 1), ("OUT06", WAIT, 0.5, None),
-                                 ("OUT08", KEEP, 0.0, None), ("OUT09", KEEP, 0.0, None)]
+    assert _table(decisions) == [("IN04", RAISE, 0.5, 1), ("IN05", WAIT, 0.0, None), ("OUT06", RAISE, 1.0, 2),
+                                 ("OUT07", WAIT, 0.0, None), ("OUT08", KEEP, 0.0, None), ("OUT09", KEEP, 0.0, None)]
     reasons = {d.block: d.reason for d in decisions}
-    assert reasons["IN05"] == ("raising brings the effect back (0.950 >= 0.9 from 0.600) with the least side effect "
-                               "left of the raises that do (0.400)")
-    assert reasons["OUT06"] == "raising helps (0.800 from 0.600), less than raising IN05; tried again next round"
+    assert reasons["IN04"] == ("raised (IN04, OUT06) to bring the effect back: 0.930 >= 0.9 predicted from 0.600 "
+                               "(each raise's gain added), side effect 0.450; the raises that add the least side "
+                               "effect per effect brought back first (this one: 0.750 kept, side 0.350)")
+    assert reasons["OUT07"] == ("raising helps (0.700 from 0.600, side 0.500), but IN04, OUT06 bring the effect "
+                                "back with less side effect; tried again next round")
     assert reasons["OUT08"] == "raising does not bring the effect back (0.600 <= 0.600)"
 
 
-def test_subadd_without_a_restoring_raise_takes_the_most_effect_then_the_least_side_then_the_smaller_step():
-    base = Score(0.3, 0.1)
-    rows = [Candidate("A", 0.0, 0.5, Score(0.6, 0.5)), Candidate("B", 0.0, 0.5, Score(0.7, 0.6)),
-            Candidate("C", 0.5, 1.0, Score(0.7, 0.4))]
-    decisions = decide_raise(base, rows, 0.9)
-    assert [d.action for d in decisions] == [WAIT, WAIT, RAISE]
-    assert decisions[2].reason == "raising brings back the most effect (0.700 from 0.300); still below 0.9"
-    # equal side effects among restoring raises: the smaller raise, then the block order
-    rows = [Candidate("A", 0.0, 0.5, Score(0.95, 0.4)), Candidate("B", 0.5, 0.75, Score(0.91, 0.4 + TIE / 3)),
-            Candidate("C", 0.5, 0.75, Score(0.99, 0.4))]
-    assert [d.action for d in decide_raise(base, rows, 0.9)] == [WAIT, RAISE, WAIT]
-    # nothing helps: every block is kept, nothing raised
-    assert [d.action for d in decide_raise(Score(0.99, 0.1), rows, 0.999)] == [KEEP, KEEP, KEEP]
+def test_subadd_prefers_one_restoring_raise_with_less_side_effect_and_raises_all_that_help_when_short():
+    base = Score(0.6, 0.3)
+    rows = [Candidate("A", 0.0, 0.5, Score(0.75, 0.45)), Candidate("B", 0.0, 0.5, Score(0.78, 0.5)),
+            Candidate("C", 0.5, 1.0, Score(0.92, 0.55))]  # A+B: 0.93 for +0.35; C alone: 0.92 for +0.25
+    assert [(d.action, d.rank) for d in decide_raise(base, rows, 0.9)] == [(WAIT, None), (WAIT, None), (RAISE, 1)]
+    # two single restoring raises with equal side effects: the one adding less per effect brought back
+    rows = [Candidate("A", 0.0, 0.5, Score(0.91, 0.4)), Candidate("B", 0.5, 0.75, Score(0.95, 0.4 + TIE / 3))]
+    assert [d.action for d in decide_raise(Score(0.3, 0.1), rows, 0.9)] == [WAIT, RAISE]
+    # short of the threshold with every helpful raise: all of them are raised, the reason says so
+    rows = [Candidate("A", 0.0, 0.5, Score(0.4, 0.2)), Candidate("B", 0.0, 0.5, Score(0.5, 0.3))]
+    decisions = decide_raise(Score(0.3, 0.1), rows, 0.9)
+    assert [(d.action, d.rank) for d in decisions] == [(RAISE, 2), (RAISE, 1)]
+    assert decisions[0].reason.startswith("raised (B, A): every raise that helps, 0.600 predicted from 0.300; "
+                                          "still below 0.9")
+    # nothing helps: every block is kept
+    assert [d.action for d in decide_raise(Score(0.99, 0.1), rows, 0.999)] == [KEEP, KEEP]
     assert raisable({"A": 0.5, "B": 0.75, "C": 1.0}, ["A", "B", "C"], 0.25) == ["A", "B"]
     assert raisable({"A": 0.5}, ["A"], 0.25, ceiling=0.7) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -321,14 +322,39 @@ def test_the_tutorial_raises_blocks_when_the_analyzers_sheet_loses_the_effect_an
     decisions = [e.decision for e in log if e.decision is not None]
     assert [d.detail["new"] for d in decisions if d.action == "bounds"] == [[0.0, 1.0]]
     raises = [d for d in decisions if d.action == "raise"]
-    assert [(d.block, d.old_value, d.new_value) for d in raises] == [("OUT03", 0.5, 1.0), ("OUT00", 0.5, 1.0),
-                                                                      ("OUT11", 0.5, 1.0)]
-    first, last = raises[0].detail, raises[-1].detail
+    assert [(d.block, d.old_value, d.new_value) for d in raises] == [("OUT03", 0.5, 1.0), ("OUT11", 0.5, 1.0),
+                                                                      ("OUT00", 0.5, 1.0)]
+    first = raises[0].detail
     assert first["cell"] == "AddOUT03_1" and first["tune"]["list"] == "subadd" and first["tune"]["rule"] == "raise"
     assert round(first["tune"]["base"]["effect"], 3) == 0.411 and round(first["tune"]["effect"], 3) == 0.619
-    assert first["why"] == "raising brings back the most effect (0.619 from 0.411); still below 0.9"
-    assert last["why"].startswith("raising brings the effect back (1.000 >= 0.9 from 0.787) with the least side")
+    assert first["why"].startswith("raised (OUT03, OUT11, OUT00) to bring the effect back: 0.996 >= 0.9 predicted "
+                                   "from 0.411 (each raise's gain added)")
+    opened = [d for d in decisions if d.action == "unfix" and "SubAdd" in d.detail["why"]]
+    assert opened == []  # the analyzer left no block at 0: the open blocks were the ones to raise
     kinds = [get_iteration(store, "Face", n).kind for n in report.iterations]
-    assert kinds[:4] == ["eba", "sub", "subadd", "sub"] and kinds.count("subadd") == 3
+    assert kinds[:4] == ["eba", "sub", "subadd", "sub"] and kinds.count("subadd") == 1
+    # after the raises the Sub rounds go on: a lowering at step 0.25 that keeps the effect
+    takes = [d for d in decisions if d.action == "take"]
+    assert [(d.block, d.old_value, d.new_value) for d in takes] == [("OUT11", 1.0, 0.75)]
     tutorial = next(row for row in report.rows if row.name == "tutorial")
     assert tutorial.tuning.effect >= 0.9 and report.notes == ()
+
+
+def test_subadd_opens_the_blocks_at_0_and_says_so_when_no_raise_brings_the_effect_back(assets, tmp_path):
+    # at 60 levels the analyzer classes 4 blocks unneeded (0, fixed) and 2 unclear: the sheet keeps nothing of the
+    # effect; SubAdd opens the 0-blocks, no raise by 0.5 helps (the tiny model's effect stays 0), the step ends
+    options = replace(OPTIONS, threshold=0.9, strategy="tutorial", budget=60, analyzer_threshold=60)
+    store = _project(tmp_path, assets)
+    report = run_tune(store, "Face", options, backend=Counting())
+    decisions = [e.decision for e in project_log(store, "Face") if e.decision is not None]
+    opened = [d for d in decisions if d.action == "unfix" and "(SubAdd)" in d.detail["why"]]
+    assert {d.block for d in opened if d.detail["tune"]["step"] == 0.5} == {"OUT00", "OUT03", "OUT07", "OUT11"}
+    assert all(d.old_value == 0.0 and d.detail["why"].startswith("the sheet keeps 0.000 < 0.9 and no lowering "
+                                                                 "brings it back: opened to try raising it by")
+               for d in opened)
+    assert all(re.search(r"; the analyzer ranks it \d of 6$", d.detail["why"]) for d in opened)
+    ended = [d for d in decisions if d.action == "keep" and d.detail["tune"]["list"] == "subadd"]
+    assert ended and all(d.detail["why"].endswith("the sheet keeps 0.000 < 0.9 and neither lowering nor raising "
+                                                  "brings it back") for d in ended)
+    assert not any(d.action == "raise" for d in decisions) and report.notes == ()
+    assert get_project(store, "Face").sheet.is_done

@@ -473,6 +473,9 @@ def test_auto_tunes_live_cancels_continues_and_history_takes_any_round(demo_serv
     tab(ja, "シート")
     expect(ja.locator("#lbw-auto-summary")).to_contain_text("前回の自動調整")
     expect(ja.locator("#lbw-auto-table")).to_contain_text("チュートリアルの手順")
+    # the before/after grid drawn with Japanese words, beside the English one
+    expect(ja.locator("#lbw-auto-grid img")).to_have_attribute("src", re.compile(r"before-after\.ja\.png"))
+    assert Path(done.grid).with_name("before-after.ja.png").is_file()
     shoot(ja, "ja-7-auto")
     shoot(ja, "ja-7-auto-section", element=ja.locator("#lbw-auto-section"))
 

@@ -16,10 +16,11 @@ halves (``TUTORIAL_STEPS``). ``combined_check`` undoes all takes but the best wh
 measures below the threshold after all.
 
 SubAdd (``decide_raise``), when the sheet itself keeps less than the threshold and no lowering brings it back (an
-analyzer sheet that set a block the face needs to 0): the Add cells raise each open block by the step, and the one
-raise that helps most is **raised** (fixed at the raised value): of the raises that bring the effect back to the
-threshold, the one leaving the least side effect; when none does, the one that brings back the most effect. One
-raise a round, since raises are not additive either and each costs side effect; the others **wait**.
+analyzer sheet that set a block the face needs to 0): the Add cells raise each open block by the step. The raises
+that bring effect back are **raised** (fixed at the raised value) in order of the least side effect added per
+effect brought back, until the effect predicted for them together (the base's plus each one's gain, the same
+additive model) reaches the threshold; a single raise that reaches it alone with less side effect is raised
+instead. The other helpful raises **wait**; the next Sub round measures the new sheet.
 
 Example:
     >>> base = Score(effect=1.0, side=1.0)
@@ -162,38 +163,57 @@ def decide_round(base: Score, candidates: Sequence[Candidate], threshold: float 
 def decide_raise(base: Score, candidates: Sequence[Candidate], threshold: float = DEFAULT_THRESHOLD
                  ) -> tuple[Decision, ...]:
     """The decision for every Add cell of a SubAdd round whose sheet keeps less than ``threshold`` (see the module
-    docstring): at most one ``raise``; raises that help less ``wait``; the rest ``keep``.
+    docstring): the blocks to ``raise`` (ranked), the helpful ones not needed ``wait``, the rest ``keep``.
 
     Example:
         >>> base = Score(effect=0.6, side=0.3)
-        >>> rows = [Candidate("IN04", 0.0, 0.5, Score(0.92, 0.5)), Candidate("OUT06", 0.0, 0.5, Score(0.95, 0.4)),
-        ...         Candidate("OUT09", 0.5, 1.0, Score(0.6, 0.6))]
+        >>> rows = [Candidate("IN04", 0.0, 0.5, Score(0.75, 0.35)), Candidate("OUT06", 0.0, 0.5, Score(0.95, 0.6)),
+        ...         Candidate("OUT07", 0.0, 0.5, Score(0.78, 0.4)), Candidate("OUT09", 0.5, 1.0, Score(0.6, 0.6))]
         >>> [(d.block, d.action, d.value) for d in decide_raise(base, rows, 0.9)]
-        [('IN04', 'wait', 0.0), ('OUT06', 'raise', 0.5), ('OUT09', 'keep', 0.5)]
+        [('IN04', 'raise', 0.5), ('OUT06', 'wait', 0.0), ('OUT07', 'raise', 0.5), ('OUT09', 'keep', 0.5)]
     """
     _check_threshold(threshold)
     helpful = [(i, row) for i, row in enumerate(candidates) if row.score.effect > base.effect + TIE]
-    restoring = [(i, row) for i, row in helpful if row.score.feasible(threshold)]
-    chosen: Candidate | None = None
-    if restoring:
-        chosen = min(restoring, key=lambda item: (_quantised(item[1].score.side),
-                                                  item[1].lowered - item[1].current, item[0]))[1]
-        why = (f"raising brings the effect back ({chosen.score.effect:.3f} >= {threshold:g} from "
-               f"{base.effect:.3f}) with the least side effect left of the raises that do ({chosen.score.side:.3f})")
-    elif helpful:
-        chosen = min(helpful, key=lambda item: (-_quantised(item[1].score.effect), _quantised(item[1].score.side),
-                                                item[0]))[1]
-        why = (f"raising brings back the most effect ({chosen.score.effect:.3f} from {base.effect:.3f}); still "
+
+    def cost(item: tuple[int, Candidate]) -> tuple[int, int, int]:  # side effect added per effect brought back
+        index, row = item
+        gain = row.score.effect - base.effect
+        return (_quantised((row.score.side - base.side) / gain), -_quantised(gain), index)
+
+    chosen: list[Candidate] = []
+    predicted, added = base.effect, 0.0
+    for _, row in sorted(helpful, key=cost):
+        if predicted >= threshold - 1e-12:
+            break
+        chosen.append(row)
+        predicted += row.score.effect - base.effect
+        added += row.score.side - base.side
+    alone = [row for _, row in helpful if row.score.feasible(threshold)]
+    single = min(alone, key=lambda row: (_quantised(row.score.side), row.lowered - row.current), default=None)
+    if single is not None and (len(chosen) > 1 and (predicted < threshold - 1e-12
+                                                    or single.score.side < base.side + added - TIE)):
+        chosen, predicted, added = [single], single.score.effect, single.score.side - base.side
+    names = ", ".join(row.block for row in chosen)
+    if chosen and predicted >= threshold - 1e-12:
+        why = (f"raised ({names}) to bring the effect back: {predicted:.3f} >= {threshold:g} predicted from "
+               f"{base.effect:.3f} (each raise's gain added), side effect {base.side + added:.3f}; the raises that "
+               "add the least side effect per effect brought back first")
+    else:
+        why = (f"raised ({names}): every raise that helps, {predicted:.3f} predicted from {base.effect:.3f}; still "
                f"below {threshold:g}")
+    ranks = {row.block: rank for rank, row in enumerate(chosen, 1)}
     decisions = []
     for row in candidates:
         score = row.score
-        if row is chosen:
-            decisions.append(Decision(row.block, row.current, row.lowered, RAISE, score, why, rank=1))
+        if row.block in ranks:
+            decisions.append(Decision(row.block, row.current, row.lowered, RAISE, score,
+                                      f"{why} (this one: {score.effect:.3f} kept, side {score.side:.3f})",
+                                      rank=ranks[row.block]))
         elif score.effect > base.effect + TIE:
             decisions.append(Decision(row.block, row.current, row.lowered, WAIT, score,
-                                      f"raising helps ({score.effect:.3f} from {base.effect:.3f}), less than "
-                                      f"raising {chosen.block if chosen else '-'}; tried again next round"))
+                                      f"raising helps ({score.effect:.3f} from {base.effect:.3f}, side "
+                                      f"{score.side:.3f}), but {names} bring the effect back with less side "
+                                      "effect; tried again next round"))
         else:
             decisions.append(Decision(row.block, row.current, row.lowered, KEEP, score,
                                       f"raising does not bring the effect back ({score.effect:.3f} <= "

@@ -12,8 +12,9 @@
    below the threshold after all, every take but the best is undone (``combined_check``).
 4. **SubAdd** when the sheet itself keeps less than the threshold and no lowered cell brings the effect back (the
    analyzer set a block the region needs to 0): every tunable block that can go up by the step is opened and the
-   next round renders the SubAdd list; ``decide_raise`` raises the one block that helps most (fixed at the raised
-   value), and Sub rounds go on in the new context. When no raise helps, the step is over.
+   next round renders the SubAdd list; ``decide_raise`` raises the blocks that bring the effect back with the least
+   side effect (fixed at the raised values), and Sub rounds go on in the new context. When no raise helps, the
+   step is over.
 
 Every change is a decision of the project (source ``auto``) whose detail holds the cell, the scores, the rule and
 why (``why``), and each block's earlier tries, so the History shows them and a person can undo to any iteration.
@@ -260,19 +261,19 @@ def _round(ctx: TuneContext, st: dict[str, Any], step: float) -> str:
         took = ", ".join(f"{d.block} {d.current:g}->{d.lowered:g}" for d in takes)
         _commit(ctx, st, [change(d, TAKE) for d in takes], summary_text + f"took {took}")
         return "again"
-    up = next((d for d in raise_decisions if d.action == RAISE), None)
-    if up is not None:  # SubAdd: one raise, then a Sub round in the new context
+    ups = sorted((d for d in raise_decisions if d.action == RAISE), key=lambda d: d.rank or 0)
+    if ups:  # SubAdd: the raises, then a Sub round measures the new sheet
         st["mode"] = "sub"
-        _commit(ctx, st, [change(up, RAISE)], summary_text + f"below {ctx.threshold:g}: raised {up.block} "
-                                                              f"{up.current:g}->{up.lowered:g}")
+        raised_text = ", ".join(f"{d.block} {d.current:g}->{d.lowered:g}" for d in ups)
+        _commit(ctx, st, [change(d, RAISE) for d in ups], summary_text + f"below {ctx.threshold:g}: raised "
+                                                                          f"{raised_text}")
         return "again"
     if not feasible and mode == "sub":
-        opened = _open_for_raise(ctx, view, step, base, where)
-        if opened is not None:
+        opening = _open_for_raise(ctx, st, view, step, base, where)
+        if opening is not None:
             st["mode"] = "subadd"
-            _commit(ctx, st, opened, summary_text + f"below {ctx.threshold:g} and no lowering brings it back: "
-                                                    "SubAdd" + (f", opened {', '.join(c['block'] for c in opened)}"
-                                                                if opened else ""))
+            _commit(ctx, st, opening[0], summary_text + f"below {ctx.threshold:g} and no lowering brings it back: "
+                                                        f"SubAdd{opening[1]}")
             return "again"
     # the step is over: every open block is fixed at its value (by the raise decision in a SubAdd round)
     chosen: list[Decision] = list(raise_decisions)
@@ -291,20 +292,57 @@ def _round(ctx: TuneContext, st: dict[str, Any], step: float) -> str:
     return "done"
 
 
-def _open_for_raise(ctx: TuneContext, view: Any, step: float, base: Any, where: dict[str, Any]
-                    ) -> list[dict[str, Any]] | None:
-    """The unfix changes that open every fixed tunable block that can go up by ``step`` (within the sheet's upper
-    bound and 1) for a SubAdd round; None when no open or fixed tunable block can go up."""
+def _open_for_raise(ctx: TuneContext, st: dict[str, Any], view: Any, step: float, base: Any,
+                    where: dict[str, Any]) -> tuple[list[dict[str, Any]], str] | None:
+    """The unfix changes that open fixed tunable blocks that can go up by ``step`` (within the sheet's upper bound
+    and 1) for a SubAdd round, with a note for the log; None when no open or fixed tunable block can go up.
+
+    The blocks the analyzer ranks highest are opened first, as many as the budget left can render in one SubAdd
+    round (an Add cell each, a Sub cell too when the block can also go down; the open blocks' Sub cells and the
+    base are cached); at least one, so that a budget too small stops the tune where it says so."""
     values = dict(zip(view.sheet.layout.ids, view.sheet.values, strict=True))
     ceiling = min(1.0, view.sheet.upper if view.sheet.upper is not None else 1.0)
+    floor = max(0.0, view.sheet.lower or 0.0)
     candidates = [b for b in ctx.tunable if b in values]
-    if not raisable(values, candidates, step, ceiling):
+    fixed = raisable(values, [b for b in candidates if b in view.sheet.fixed], step, ceiling)
+    already = raisable(values, [b for b in candidates if b not in view.sheet.fixed], step, ceiling)
+    if not fixed and not already:
         return None
+    rank = _analyzer_rank(ctx, st)
+    fixed.sort(key=lambda b: (rank.get(b, len(rank)), view.sheet.layout.ids.index(b)))
+    room = ctx.cells.budget.left(PHASE) // max(1, len(ctx.tuning_seeds)) - len(already)
+    opened: list[str] = []
+    for block in fixed:
+        cost = 2 if lowerable(values, [block], step, floor) else 1
+        if cost > room and (opened or already):
+            break
+        opened.append(block)
+        room -= cost
     why = (f"the sheet keeps {base.effect:.3f} < {ctx.threshold:g} and no lowering brings it back: opened to try "
            f"raising it by {step:g} (SubAdd)")
-    return [{"block": b, "value": values[b], "fixed": False, "action": "unfix",
-             "detail": {"why": why, "tune": {**where, "rule": "open"}}}
-            for b in raisable(values, [b for b in candidates if b in view.sheet.fixed], step, ceiling)]
+    changes = [{"block": b, "value": values[b], "fixed": False, "action": "unfix",
+                "detail": {"why": why + (f"; the analyzer ranks it {rank[b] + 1} of {len(rank)}" if b in rank else ""),
+                           "tune": {**where, "rule": "open"}}} for b in opened]
+    note = f", opened {', '.join(opened)}" if opened else ""
+    if len(opened) < len(fixed):
+        note = (f", opened {len(opened)} of the {len(fixed)} fixed blocks that can go up"
+                + (f" ({', '.join(opened)}: the analyzer ranks them highest)" if opened else "")
+                + ": the budget left renders no more in one round")
+    return changes, note
+
+
+def _analyzer_rank(ctx: TuneContext, st: dict[str, Any]) -> dict[str, int]:
+    """Block -> its place (0 = first) in the tutorial's analyzer table: by score (the change in the keep region),
+    ties (blocks under the pixel threshold in the region all score 0) by Diff % over the whole picture."""
+    from lbw.services.projects import get_iteration
+
+    if st.get("analysis") is None:
+        return {}
+    analysis = get_iteration(ctx.store, ctx.name, st["analysis"]).analysis
+    if analysis is None:
+        return {}
+    rows = sorted(enumerate(analysis.rows), key=lambda item: (-item[1].score, -item[1].diff_percent, item[0]))
+    return {row.block: place for place, (_, row) in enumerate(rows)}
 
 
 def _note_tries(st: dict[str, Any], step: float, iteration: int, decisions: Sequence[Decision]) -> None:
