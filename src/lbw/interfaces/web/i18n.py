@@ -313,7 +313,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
                      "{done}/{total} セル、経過 {elapsed} 秒、残り約 {eta} 秒"),
     "msg.done_in": ("{total} cells in {elapsed} s", "{total} セル、{elapsed} 秒"),
     "msg.queued": ("Waiting for the device ({ahead} ahead)", "デバイスの空きを待っています (待ち {ahead})"),
-    "msg.already_finished": ("Nothing to cancel: it has finished.", "中止するものはありません。完了しています。"),
+    "msg.cancelling": ("Cancelling: it stops after the cell being drawn…",
+                       "中止しています (描画中のセルの後で止まります)…"),
     "msg.cancelled": ("Cancelled; nothing was recorded.", "中止しました。何も記録されていません。"),
     "msg.rendered": (
         "Rendered iteration {number} ({cells} cells).",

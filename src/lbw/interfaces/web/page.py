@@ -198,6 +198,8 @@ class Page:
                     break
                 shown = (line(job) if line is not None and snap.state != "queued" else None) or \
                     self.progress_line(snap)
+                if job.cancelled:
+                    shown = "■ " + self.t("msg.cancelling") + "  \n" + shown
                 now = changes(job) if changes is not None else None
                 if now != seen:  # the work recorded something: every tab redraws from the store
                     seen, session = now, self.bumped(session)
@@ -228,14 +230,13 @@ class Page:
     def cancel_event(self, button: gr.Button, job_state: gr.State) -> None:
         """Wire a Cancel button to the job whose id ``job_state`` holds."""
 
-        def cancel(job_id: int | None) -> str:
+        def cancel(job_id: int | None) -> Any:
+            # Nothing is written from here: this answer could reach the page after the job's own last message
+            # (a job that stops at once) and leave "Cancel…" standing; the job's progress line says it instead.
             job = self.ctx.queue.get(job_id) if isinstance(job_id, int) else None
-            if job is None:
-                return gr.skip()
-            if job.snapshot().finished:
-                return self.t("msg.already_finished")
-            job.cancel()
-            return "■ " + self.t("plot.cancel") + "…"
+            if job is not None and not job.snapshot().finished:
+                job.cancel()
+            return gr.skip()
 
         button.click(cancel, inputs=[job_state], outputs=[self.message], concurrency_limit=None, queue=False)
 
