@@ -476,6 +476,9 @@ def test_auto_tunes_live_cancels_continues_and_history_takes_any_round(demo_serv
     # the before/after grid drawn with Japanese words, beside the English one
     expect(ja.locator("#lbw-auto-grid img")).to_have_attribute("src", re.compile(r"before-after\.ja\.png"))
     assert Path(done.grid).with_name("before-after.ja.png").is_file()
+    ja.locator("#lbw-auto-grid img").scroll_into_view_if_needed()  # the browser loads it lazily
+    ja.wait_for_function("() => { const i = document.querySelector('#lbw-auto-grid img');"
+                         " return i && i.complete && i.naturalWidth > 0; }")  # loaded, for the screenshots
     shoot(ja, "ja-7-auto")
     shoot(ja, "ja-7-auto-section", element=ja.locator("#lbw-auto-section"))
 
