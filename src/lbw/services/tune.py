@@ -283,7 +283,7 @@ def _finish(ctx: TuneContext, options: TuneOptions, results: dict[str, list[floa
     title = region.describe(Path(copy.name) if copy is not None else None)
     grid = write_grid(view.name, [(r.name, r.tuning.effect, r.tuning.side) for r in rows], images, seeds, held_out,
                       region.mask, title, out / GRID_FILE)
-    cells = _relative_cells(images, ctx.store.workspace)
+    cells = _relative_cells(images, ctx.store)
     mask = None if copy is None else KeepMaskInfo(copy, str(region.digest), region.kept, region.roi)
     report = TuneReport(view.name, winner.name, view.sheet.weight_line(), tuple(view.sheet.values), tuple(rows),
                         {k: int(v) for k, v in ctx.state["counts"].items()}, options.budget, tuning, held_out,
@@ -295,14 +295,13 @@ def _finish(ctx: TuneContext, options: TuneOptions, results: dict[str, list[floa
     return report
 
 
-def _relative_cells(images: Mapping[str, Mapping[int, Path]], workspace: Path) -> dict[str, dict[int, str]]:
+def _relative_cells(images: Mapping[str, Mapping[int, Path]], store: Store) -> dict[str, dict[int, str]]:
     """The grid's images relative to the workspace (for a grid redrawn in another language); empty when one lies
     outside it."""
-    root = workspace.resolve()
     try:
-        return {name: {seed: path.resolve().relative_to(root).as_posix() for seed, path in by_seed.items()}
+        return {name: {seed: store.relative(path) for seed, path in by_seed.items()}
                 for name, by_seed in images.items()}
-    except ValueError:
+    except LbwError:
         return {}
 
 

@@ -356,14 +356,16 @@ def tune_grid(store: Store, name: str, lang: str, words: GridWords) -> Path | No
     path = last.grid.with_name(f"before-after.{safe_component(lang, fallback='xx', limit=8)}.png")
     if path.is_file():
         return path
-    root = store.workspace.resolve()
 
     def inside(text: Any, what: str) -> Path:  # relative to the workspace, or absolute inside it
-        candidate = (root / str(text)).resolve()
-        if not isinstance(text, str) or not candidate.is_relative_to(root) or not candidate.is_file():
+        try:
+            found = store.path_of(store.relative(text) if Path(text).is_absolute() else text)
+        except (LbwError, TypeError):
+            found = None
+        if found is None or not found.is_file():
             raise ProjectError(f"the tune's {what} is gone: {str(text)[:200]}; run the tune again to redraw its grid",
                                where=str(last.grid.with_name(REPORT_FILE)))
-        return candidate
+        return found
 
     tuning = tuple(data.get("tuning_seeds") or ())
     held_out = tuple(data.get("held_out_seeds") or ())

@@ -67,7 +67,8 @@ def run_tutorial(ctx: TuneContext) -> dict[str, Any]:
     if st.get("finished"):
         return st
     st.pop("stopped", None)
-    if _classify(ctx, st) and _bound(ctx, st):
+    if _classify(ctx, st):
+        _bound(ctx, st)
         while st.get("step_index", 0) < len(TUTORIAL_STEPS):
             step = TUTORIAL_STEPS[st.get("step_index", 0)]
             if not st.get("step_ready"):
@@ -127,7 +128,7 @@ def _classify(ctx: TuneContext, st: dict[str, Any]) -> bool:
     return True
 
 
-def _bound(ctx: TuneContext, st: dict[str, Any]) -> bool:
+def _bound(ctx: TuneContext, st: dict[str, Any]) -> None:
     """Give the sheet the bounds 0 and 1 where it has none (one decision), once: the tune moves weights between
     the LoRA off and the full LoRA, so its Sub and Add lists never render a cell outside them."""
     from lbw.services.projects import set_bounds
@@ -141,7 +142,6 @@ def _bound(ctx: TuneContext, st: dict[str, Any]) -> bool:
             set_bounds(ctx.store, ctx.name, lower, upper, source="auto", expected_version=view.version)
         st["bounded"] = True
         ctx.save()
-    return True
 
 
 def inert_blocks(cells: Sequence[Any]) -> list[str]:
@@ -164,7 +164,7 @@ def _prepare_step(ctx: TuneContext, st: dict[str, Any], step: float) -> None:
     if view.sheet.step != step:
         view = set_step(ctx.store, ctx.name, step, source="auto", expected_version=view.version)
     values = dict(zip(view.sheet.layout.ids, view.sheet.values, strict=True))
-    floor = max(0.0, view.sheet.lower or 0.0)  # never below 0, nor below the sheet's lower bound
+    floor, _ = _range(view.sheet)
     if st.get("step_index", 0) > 0:
         for block in lowerable(values, [b for b in ctx.tunable if b in view.sheet.fixed], step, floor):
             why = f"go deeper: step {step:g}; {block} at {values[block]:g} can go down by it"
@@ -301,8 +301,7 @@ def _open_for_raise(ctx: TuneContext, st: dict[str, Any], view: Any, step: float
     round (an Add cell each, a Sub cell too when the block can also go down; the open blocks' Sub cells and the
     base are cached); at least one, so that a budget too small stops the tune where it says so."""
     values = dict(zip(view.sheet.layout.ids, view.sheet.values, strict=True))
-    ceiling = min(1.0, view.sheet.upper if view.sheet.upper is not None else 1.0)
-    floor = max(0.0, view.sheet.lower or 0.0)
+    floor, ceiling = _range(view.sheet)
     candidates = [b for b in ctx.tunable if b in values]
     fixed = raisable(values, [b for b in candidates if b in view.sheet.fixed], step, ceiling)
     already = raisable(values, [b for b in candidates if b not in view.sheet.fixed], step, ceiling)
@@ -329,6 +328,13 @@ def _open_for_raise(ctx: TuneContext, st: dict[str, Any], view: Any, step: float
                 + (f" ({', '.join(opened)}: the analyzer ranks them highest)" if opened else "")
                 + ": the budget left renders no more in one round")
     return changes, note
+
+
+def _range(sheet: Any) -> tuple[float, float]:
+    """The values the tune may give a block: 0..1, within the sheet's bounds."""
+    lower = 0.0 if sheet.lower is None else max(0.0, sheet.lower)
+    upper = 1.0 if sheet.upper is None else min(1.0, sheet.upper)
+    return lower, upper
 
 
 def _analyzer_rank(ctx: TuneContext, st: dict[str, Any]) -> dict[str, int]:

@@ -291,27 +291,27 @@ def demo_settings(assets: Path, seeds: Sequence[int] = (1, 2), *, tiny: bool | N
 
 def latest_analysis(store: Store, name: str) -> tuple[int, AnalysisView] | None:
     """(iteration number, table) of the project's latest analyzer run, or None."""
-    from lbw.services.projects import get_iteration, list_iterations
-
-    runs = [it for it in list_iterations(store, name) if it.kind == "eba"]
-    if not runs:
-        return None
-    view = get_iteration(store, name, runs[-1].number)
-    return (view.number, view.analysis) if view.analysis is not None else None
+    view = _latest_analysis_run(store, name)
+    return (view.number, view.analysis) if view is not None and view.analysis is not None else None
 
 
 def analysis_pixel_threshold(store: Store, name: str) -> int | None:
     """The pixel threshold (levels of 255) the project's latest analyzer run measured with, from its plan; None
     before the first run. The Analyze tab shows it, so a run is repeated as it was."""
     from lbw.render.plan import plan_from_json
+
+    view = _latest_analysis_run(store, name)
+    if view is None:
+        return None
+    plan = plan_from_json(view.plan_json, where=f"iteration {view.number}")
+    return None if plan.eba is None else int(plan.eba.threshold)
+
+
+def _latest_analysis_run(store: Store, name: str) -> IterationView | None:
     from lbw.services.projects import get_iteration, list_iterations
 
     runs = [it for it in list_iterations(store, name) if it.kind == "eba"]
-    if not runs:
-        return None
-    view = get_iteration(store, name, runs[-1].number)
-    plan = plan_from_json(view.plan_json, where=f"iteration {view.number}")
-    return None if plan.eba is None else int(plan.eba.threshold)
+    return get_iteration(store, name, runs[-1].number) if runs else None
 
 
 def analysis_images(store: Store, view: IterationView, block: str) -> list[tuple[Path, str]]:

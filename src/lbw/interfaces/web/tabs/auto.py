@@ -103,8 +103,7 @@ def build(page: Any) -> None:
         return GridWords(title=t("tune.grid.title"), box=t("tune.grid.box"), mask=t("tune.grid.mask"),
                          scores=t("tune.grid.scores"), seed=t("plot.seed"), tuning=t("tune.grid.tuning"),
                          held_out=t("tune.grid.held_out"),
-                         rows={key: t(f"tune.row.{key}") for key in ("ALL", "OFF", "tutorial", "search", "random")
-                               if f"tune.row.{key}" in MESSAGES})
+                         rows={key: row_name(key) for key in ("ALL", "OFF", "tutorial", "search", "random")})
 
     def mask_line(name: str) -> str:
         from lbw.services.keep_draw import drawn_mask_counts
